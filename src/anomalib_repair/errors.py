@@ -1,0 +1,48 @@
+"""Errors with one-line messages that say what is wrong and how to fix it.
+
+Every error this package raises for bad input derives from :class:`AnomalibRepairError`. When such an error
+reaches the top of a command-line run, :func:`install_excepthook` prints just its one-line message instead of a
+traceback (set ``ANOMALIB_REPAIR_TRACEBACK=1`` to see the traceback too).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+
+class AnomalibRepairError(Exception):
+    """Base class of the errors raised for bad input or a missing resource."""
+
+
+class DatasetNotFoundError(AnomalibRepairError, FileNotFoundError):
+    """A dataset root, category folder or its images are missing."""
+
+
+class UnknownCategoryError(AnomalibRepairError, ValueError):
+    """A category name that the dataset does not have."""
+
+
+class BadInputError(AnomalibRepairError, ValueError):
+    """An input file or option that cannot be used as it is."""
+
+
+def _one_line_hook(previous: object) -> object:
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        cause = error
+        while cause is not None and not isinstance(cause, AnomalibRepairError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and os.environ.get("ANOMALIB_REPAIR_TRACEBACK", "0") in {"0", ""}:
+            sys.stderr.write(f"error: {cause}\n")
+            return
+        previous(kind, error, traceback)  # type: ignore[operator]
+
+    hook.anomalib_repair = True  # type: ignore[attr-defined]
+    return hook
+
+
+def install_excepthook() -> None:
+    """Print :class:`AnomalibRepairError` as one line at the top level; leave every other error as it is."""
+    if not getattr(sys.excepthook, "anomalib_repair", False):
+        sys.excepthook = _one_line_hook(sys.excepthook)  # type: ignore[assignment]
