@@ -6,12 +6,14 @@ Importing the package makes its models and datamodules known to anomalib's CLI a
 from anomalib_repair.data import MPDD, MultiClassDataModule, MVTec, MVTecFolder, RealIAD, VisA
 from anomalib_repair.errors import AnomalibRepairError, install_excepthook
 from anomalib_repair.evaluation import PerCategoryEvaluator
+from anomalib_repair.models import CRAS
 
 install_excepthook()
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRAS",
     "MPDD",
     "AnomalibRepairError",
     "MVTec",

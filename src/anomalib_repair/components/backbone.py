@@ -169,6 +169,8 @@ class FrozenBackbone(nn.Module):
                 "or --model.pre_trained false."
             )
             raise BackboneWeightsError(msg) from None
+        if "file" in overlay:
+            _check_loaded_from_file(overlay["file"], self.timm_name, loaded)
         self.feature_extractor.load_state_dict(loaded.state_dict())
         self.weights_loaded.fill_(True)
         logger.info("Loaded pretrained weights for backbone %s.", self.backbone)
@@ -184,6 +186,36 @@ class FrozenBackbone(nn.Module):
             reference = timm.create_model(self.timm_name, pretrained=False).state_dict()
             return {"state_dict": packaged_state_dict(self.timm_name, reference)}
         return {}
+
+
+def _check_loaded_from_file(path: str, timm_name: str, loaded: nn.Module) -> None:
+    """Raise unless every tensor of ``loaded`` came from the file.
+
+    timm loads pretrained weights into a ``features_only`` model non-strictly, so a file of another architecture
+    or with prefixed keys (``model.conv1.weight``) would otherwise leave the backbone silently random.
+    """
+    source = {_flat_key(key): value for key, value in timm.models.load_state_dict(path).items()}
+    missing = [
+        key
+        for key, value in loaded.state_dict().items()
+        if not key.endswith("num_batches_tracked")
+        and not (
+            _flat_key(key) in source
+            and source[_flat_key(key)].shape == value.shape
+            and torch.equal(source[_flat_key(key)].to(value.dtype), value)
+        )
+    ]
+    if missing:
+        msg = (
+            f"backbone_weights file {path} does not fit backbone '{timm_name}': {len(missing)} of its tensors could "
+            f"not be loaded from the file (first: {missing[0]}); pass a state dict saved from that timm model."
+        )
+        raise BackboneWeightsError(msg)
+
+
+def _flat_key(key: str) -> str:
+    """Key without the ``.``/``_`` difference between a timm model and its flattened ``features_only`` wrapper."""
+    return key.replace("_", ".")
 
 
 HUB_HOST = "huggingface.co"

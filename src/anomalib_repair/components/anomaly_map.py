@@ -1,0 +1,27 @@
+"""From a coarse score grid to a smoothed full-resolution anomaly map."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+from torch import nn
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Upsample ``(B, 1, h, w)`` scores bilinearly to the input size and apply a Gaussian blur.
+
+    Args:
+        sigma: Standard deviation of the Gaussian (4 in all three papers).
+        kernel_size: Kernel size; ``None`` uses ``2·⌈4σ⌉ + 1``.
+    """
+
+    def __init__(self, sigma: float = 4.0, kernel_size: int | None = None) -> None:
+        super().__init__()
+        size = kernel_size or 2 * int(4 * sigma + 0.5) + 1
+        self.blur = GaussianBlur2d(kernel_size=(size, size), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
+
+    def forward(self, scores: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Return the ``(B, 1, H, W)`` anomaly map."""
+        anomaly_map = F.interpolate(scores, size=image_size, mode="bilinear", align_corners=False)
+        return self.blur(anomaly_map) if self.blur is not None else anomaly_map

@@ -1,0 +1,79 @@
+"""A cache of frozen-backbone features per training image, reused across epochs.
+
+Valid only when the backbone is frozen and training images are not augmented: then an image's features are the
+same every epoch and the backbone need not run again. Stored in half precision, in memory or in a
+memory-mapped file on disk (for datasets whose features exceed the RAM).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureCache:
+    """Fixed-capacity store of ``(P, D)`` feature tensors keyed by image path.
+
+    Args:
+        capacity: Number of images it can hold (the training set size).
+        shape: Shape of one image's features, e.g. ``(1296, 1536)``.
+        location: ``"memory"`` or ``"disk"`` (a memory-mapped float16 file).
+        directory: Where the disk file goes (a temporary folder when ``None``).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        shape: Sequence[int],
+        location: str = "memory",
+        directory: str | Path | None = None,
+    ) -> None:
+        if location not in {"memory", "disk"}:
+            msg = f"feature_cache must be 'memory', 'disk' or None, got '{location}'."
+            raise ValueError(msg)
+        self.capacity = capacity
+        self.shape = tuple(shape)
+        self.slots: dict[str, int] = {}
+        self._tempdir: tempfile.TemporaryDirectory | None = None
+        if location == "memory":
+            self.store: np.ndarray = np.empty((capacity, *self.shape), dtype=np.float16)
+        else:
+            if directory is None:
+                self._tempdir = tempfile.TemporaryDirectory(prefix="anomalib_repair_cache_")
+                directory = self._tempdir.name
+            path = Path(directory) / "features.f16"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.store = np.memmap(path, dtype=np.float16, mode="w+", shape=(capacity, *self.shape))
+        self.nbytes = int(self.store.nbytes)
+        logger.info("Feature cache (%s): %.1f MB for %d images.", location, self.nbytes / 2**20, capacity)
+
+    def __contains__(self, path: str) -> bool:
+        """Whether the features of this image are stored."""
+        return path in self.slots
+
+    def has_all(self, paths: Sequence[str]) -> bool:
+        """Whether every image of a batch is stored."""
+        return all(path in self.slots for path in paths)
+
+    def put(self, paths: Sequence[str], features: torch.Tensor) -> None:
+        """Store ``(B, P, D)`` features; images beyond the capacity are not stored."""
+        values = features.detach().to("cpu", torch.float16).numpy()
+        for path, value in zip(paths, values, strict=True):
+            slot = self.slots.get(path)
+            if slot is None:
+                if len(self.slots) >= self.capacity:
+                    continue
+                slot = self.slots[path] = len(self.slots)
+            self.store[slot] = value
+
+    def get(self, paths: Sequence[str], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Return the stored ``(B, P, D)`` features of a batch."""
+        slots = [self.slots[path] for path in paths]
+        return torch.from_numpy(np.ascontiguousarray(self.store[slots])).to(device=device, dtype=dtype)

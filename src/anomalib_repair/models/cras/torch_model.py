@@ -1,0 +1,143 @@
+"""PyTorch network of CRAS: frozen backbone, patch aggregation, adaptor, class centers and residual discriminator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_repair.components.anomaly_map import AnomalyMapGenerator
+from anomalib_repair.components.backbone import build_backbone
+from anomalib_repair.components.patch_features import PatchAggregator
+
+
+def _xavier_linear(layer: nn.Module) -> None:
+    if isinstance(layer, nn.Linear):
+        nn.init.xavier_normal_(layer.weight)
+
+
+class ResidualDiscriminator(nn.Sequential):
+    """MLP that scores ``[f, f − c]``: two Linear–BatchNorm–LeakyReLU(0.2) blocks halving the width, then a
+    bias-free Linear to one logit and a sigmoid.
+
+    Args:
+        embed_dim: Width ``D`` of a feature; the input is ``2·D``.
+        num_blocks: Number of halving blocks (2 in the paper).
+    """
+
+    def __init__(self, embed_dim: int, num_blocks: int = 2) -> None:
+        layers: list[nn.Module] = []
+        width = 2 * embed_dim
+        for _ in range(num_blocks):
+            layers += [nn.Linear(width, width // 2), nn.BatchNorm1d(width // 2), nn.LeakyReLU(0.2)]
+            width //= 2
+        layers += [nn.Linear(width, 1, bias=False), nn.Sigmoid()]
+        super().__init__(*layers)
+        self.apply(_xavier_linear)
+
+
+class CrasModel(nn.Module):
+    """CRAS network.
+
+    Args:
+        backbone: timm backbone name (see :mod:`anomalib_repair.components.backbone`).
+        layers: Two (or more) feature taps, finest first.
+        pre_trained: Load pretrained backbone weights.
+        backbone_weights: Optional local weight file.
+        embed_dim: Patch feature width after aggregation (1536).
+        patch_size: Neighbourhood of the patch aggregation (3).
+        sigma: Gaussian smoothing of the anomaly map (4).
+        center_dtype: Storage precision of the class centers (``"float32"`` or ``"float16"``).
+        match_chunk: Images matched against the centers at once (bounds the memory of the similarity matrix).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        embed_dim: int = 1536,
+        patch_size: int = 3,
+        sigma: float = 4.0,
+        center_dtype: str = "float32",
+        match_chunk: int = 8,
+    ) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
+        self.aggregator = PatchAggregator(pool_dim=embed_dim, patch_size=patch_size)
+        self.adaptor = nn.Linear(embed_dim, embed_dim)
+        _xavier_linear(self.adaptor)
+        self.discriminator = ResidualDiscriminator(embed_dim)
+        self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
+        self.center_dtype = getattr(torch, center_dtype)
+        self.match_chunk = match_chunk
+        self.register_buffer("centers", torch.zeros(0, 0, embed_dim, dtype=self.center_dtype))
+
+    # ------------------------------------------------------------------ features
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Frozen backbone + patch aggregation: ``(B, P, D)`` features before the adaptor, and the grid size."""
+        with torch.no_grad():
+            features = self.backbone(images)
+            return self.aggregator(features), self.aggregator.grid_size(features)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of class-center sets (0 before training)."""
+        return int(self.centers.shape[0])
+
+    def set_centers(self, centers: torch.Tensor) -> None:
+        """Store ``(K, P, D)`` class centers (in the configured precision)."""
+        self.centers = centers.to(dtype=self.center_dtype, device=self.centers.device)
+
+    # ------------------------------------------------------------------ center matching
+    def infer_classes(self, features: torch.Tensor) -> torch.Tensor:
+        """Class of each image: the center set most cosine-similar to the whole image's ``P·D`` feature vector."""
+        if self.num_classes == 1:
+            return torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
+        flat = F.normalize(features.flatten(1).float(), dim=1)
+        similarity = torch.stack(
+            [flat @ F.normalize(center.flatten().float(), dim=0) for center in self.centers],
+            dim=1,
+        )
+        return similarity.argmax(dim=1)
+
+    def match_centers(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """For every patch, the most cosine-similar of its image's class centers (position-free), ``(B, P, D)``."""
+        matched = torch.empty_like(features)
+        for start in range(0, features.shape[0], self.match_chunk):
+            stop = start + self.match_chunk
+            bank = self.centers[classes[start:stop]].to(features.dtype)
+            similarity = torch.bmm(
+                F.normalize(features[start:stop].detach(), dim=2),
+                F.normalize(bank, dim=2).transpose(1, 2),
+            )
+            nearest = similarity.argmax(dim=2)
+            matched[start:stop] = torch.gather(bank, 1, nearest.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
+        return matched
+
+    def score(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """Discriminator output for ``(N, D)`` features and their centers: ``(N,)`` anomaly probabilities."""
+        return self.discriminator(torch.cat([features, features - centers], dim=1)).squeeze(1)
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Score images: max patch score per image and a smoothed anomaly map (no category label needed)."""
+        features, (height, width) = self.embed(images)
+        adapted = self.adaptor(features)
+        classes = self.infer_classes(adapted)
+        centers = self.match_centers(adapted, classes)
+        scores = self.score(adapted.flatten(0, 1), centers.flatten(0, 1)).reshape(images.shape[0], 1, height, width)
+        anomaly_map = self.anomaly_map_generator(scores, image_size=tuple(images.shape[-2:]))
+        pred_score = scores.flatten(1).amax(dim=1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        key = prefix + "centers"
+        if key in state_dict:
+            self.centers = torch.empty_like(state_dict[key], dtype=self.center_dtype, device=self.centers.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
