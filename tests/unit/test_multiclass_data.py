@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,7 +222,17 @@ def test_mvtec_all_categories(tmp_path):
     assert MVTec(root=tmp_path, categories=["pill", "screw"]).category == "pill+screw"
 
 
-def test_mvtec_missing_root_fails_fast_offline(tmp_path):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every host name unresolvable, as on a machine without network (no test may start a real download)."""
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (network disabled by the test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+
+
+def test_mvtec_missing_root_fails_fast_offline(tmp_path, no_network):
     root = tmp_path / "missing"
     datamodule = MVTec(root=root, categories=["bottle"])
     start = time.monotonic()

@@ -251,7 +251,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.manual_backward(loss)
         adaptor_optimizer.step()
         discriminator_optimizer.step()
-        self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch.image))
         return {"loss": loss.detach()}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:  # noqa: ANN401
