@@ -30,7 +30,7 @@ class BadInputError(AnomalibRepairError, ValueError):
 
 def _one_line_hook(previous: object) -> object:
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
-        cause = error
+        cause: BaseException | None = error
         while cause is not None and not isinstance(cause, AnomalibRepairError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None and os.environ.get("ANOMALIB_REPAIR_TRACEBACK", "0") in {"0", ""}:

@@ -8,4 +8,10 @@ from anomalib_repair.components.backbone import (
     load_backbone_weights,
 )
 
-__all__ = ["BackboneWeightsError", "FrozenBackbone", "backbone_normalization", "build_backbone", "load_backbone_weights"]
+__all__ = [
+    "BackboneWeightsError",
+    "FrozenBackbone",
+    "backbone_normalization",
+    "build_backbone",
+    "load_backbone_weights",
+]

@@ -17,13 +17,15 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from anomalib_repair.errors import AnomalibRepairError
-from anomalib_repair.weights.packaged import PACKAGED_TAG, PackagedWeightsError, packaged_state_dict
+from anomalib_repair.weights.packaged import PACKAGED_TAG, packaged_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,11 @@ def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[floa
     if config is None:
         return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     return tuple(config.mean), tuple(config.std)
+
+
+def _feature_info(model: nn.Module) -> FeatureInfo:
+    """The ``feature_info`` of a timm ``features_only`` model (an attribute that ``nn.Module`` does not type)."""
+    return cast(FeatureInfo, model.feature_info)
 
 
 def _timm_layer_indices(names: Sequence[str], layers: Sequence[str | int]) -> list[int]:
@@ -107,7 +114,7 @@ class FrozenBackbone(nn.Module):
         self.backbone_weights = backbone_weights
         self.timm_name, self.packaged = split_backbone_name(backbone)
         probe = timm.create_model(self.timm_name, pretrained=False, features_only=True)
-        module_names = list(probe.feature_info.module_name())
+        module_names = list(_feature_info(probe).module_name())
         self.out_indices = _timm_layer_indices(module_names, layers)
         self.layers = [module_names[index] for index in self.out_indices]
         self.feature_extractor = timm.create_model(
@@ -116,11 +123,12 @@ class FrozenBackbone(nn.Module):
             features_only=True,
             out_indices=self.out_indices,
         )
-        self.out_channels: list[int] = list(self.feature_extractor.feature_info.channels())
-        self.strides: list[int] = list(self.feature_extractor.feature_info.reduction())
+        self.out_channels: list[int] = list(_feature_info(self.feature_extractor).channels())
+        self.strides: list[int] = list(_feature_info(self.feature_extractor).reduction())
         self.feature_extractor.eval().requires_grad_(False)
         # Persistent flag: a checkpoint records that the weights it holds are the pretrained ones.
         self.register_buffer("weights_loaded", torch.tensor(not pre_trained))
+        self.weights_loaded: torch.Tensor
 
     def train(self, mode: bool = True) -> FrozenBackbone:
         """Keep the extractor in eval mode (frozen BatchNorm statistics) whatever the parent does."""
@@ -179,7 +187,10 @@ class FrozenBackbone(nn.Module):
         if self.backbone_weights is not None:
             path = Path(self.backbone_weights).expanduser()
             if not path.is_file():
-                msg = f"backbone_weights file not found: {path}. Pass the path of a saved state dict of '{self.timm_name}'."
+                msg = (
+                    f"backbone_weights file not found: {path}. "
+                    f"Pass the path of a saved state dict of '{self.timm_name}'."
+                )
                 raise BackboneWeightsError(msg)
             return {"file": str(path)}
         if self.packaged:

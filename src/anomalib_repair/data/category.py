@@ -73,7 +73,7 @@ def _key(path: str | Path) -> str:
     return str(Path(path))
 
 
-def category_index_for(datamodule: Any) -> CategoryIndex:  # noqa: ANN401 - any Lightning datamodule
+def category_index_for(datamodule: Any) -> CategoryIndex:
     """Return the category index of a datamodule, ours or anomalib's.
 
     Args:
@@ -91,7 +91,7 @@ def category_index_for(datamodule: Any) -> CategoryIndex:  # noqa: ANN401 - any 
     return CategoryIndex.single(str(name))
 
 
-def batch_category_indices(batch: Any, index: CategoryIndex, device: torch.device | None = None) -> torch.Tensor:  # noqa: ANN401
+def batch_category_indices(batch: Any, index: CategoryIndex, device: torch.device | None = None) -> torch.Tensor:
     """Category index of every sample of an anomalib batch, looked up by its ``image_path``."""
     paths = getattr(batch, "image_path", None)
     if paths is None:

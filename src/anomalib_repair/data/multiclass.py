@@ -163,7 +163,7 @@ class MultiClassDataModule(AnomalibDataModule):
         return "+".join(self.requested_categories)
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # anomalib overrides Lightning's ``name`` attribute the same way
         """Dataset name, used for the results folder (``results/<model>/<name>/<category>``)."""
         return self.dataset_name
 
@@ -211,10 +211,10 @@ class MultiClassDataModule(AnomalibDataModule):
             try:
                 datamodule._setup()  # noqa: SLF001 - anomalib's documented per-subclass hook
             except (FileNotFoundError, RuntimeError, ValueError) as error:
+                detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
                 msg = (
                     f"Cannot read {self.dataset_name} category '{category}' under {self.root} "
-                    f"({type(error).__name__}: {str(error).strip().splitlines()[0][:160] if str(error).strip() else ''}). "
-                    f"{self.download_hint}"
+                    f"({type(error).__name__}: {detail}). {self.download_hint}"
                 ).strip()
                 raise DatasetNotFoundError(msg) from None
             train, test = datamodule.train_data, datamodule.test_data
@@ -240,7 +240,7 @@ class MultiClassDataModule(AnomalibDataModule):
         )
 
 
-def _concatenate(datasets: list[Any]) -> Any:  # noqa: ANN401 - anomalib datasets
+def _concatenate(datasets: list[Any]) -> Any:
     combined = datasets[0]
     for dataset in datasets[1:]:
         combined = combined + dataset
@@ -326,7 +326,7 @@ class MVTec(_NamedMultiClass):  # noqa: D101 - documented below
         "https://www.mvtec.com/company/research/datasets/mvtec-ad and pass --data.root PATH."
     )
 
-    def __init__(self, root: str | Path = "./datasets/MVTecAD", **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, root: str | Path = "./datasets/MVTecAD", **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
 
 
@@ -338,16 +338,18 @@ class VisA(_NamedMultiClass):  # noqa: D101
         "https://github.com/amazon-science/spot-diff, put it in the root and pass --data.root PATH."
     )
 
-    def __init__(self, root: str | Path = "./datasets/visa", **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, root: str | Path = "./datasets/visa", **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
 
 
 class MPDD(_NamedMultiClass):  # noqa: D101
     anomalib_class = "anomalib.data.MPDD"
     categories_module = "anomalib.data.datasets.image.mpdd"
-    hint = "MPDD is not downloaded automatically: get it from https://github.com/stepanje/MPDD and pass --data.root PATH."
+    hint = (
+        "MPDD is not downloaded automatically: get it from https://github.com/stepanje/MPDD and pass --data.root PATH."
+    )
 
-    def __init__(self, root: str | Path = "./datasets/MPDD", **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, root: str | Path = "./datasets/MPDD", **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
 
 
@@ -359,7 +361,7 @@ class RealIAD(_NamedMultiClass):  # noqa: D101
         "and pass --data.root PATH."
     )
 
-    def __init__(self, root: str | Path = "./datasets/Real-IAD", **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, root: str | Path = "./datasets/Real-IAD", **kwargs: Any) -> None:
         kwargs.setdefault("test_split_mode", TestSplitMode.NONE)
         super().__init__(root=root, **kwargs)
 
@@ -372,7 +374,7 @@ class MVTecFolder(_NamedMultiClass):  # noqa: D101
         "<root>/<category>/ground_truth/<defect>/<name>_mask.png."
     )
 
-    def __init__(self, root: str | Path, **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, root: str | Path, **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
 
     def prepare_data(self) -> None:

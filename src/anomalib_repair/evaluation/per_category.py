@@ -17,7 +17,7 @@ import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -34,7 +34,6 @@ from anomalib_repair.evaluation.table import MEAN_ROW, ResultsTable
 logger = logging.getLogger(__name__)
 
 
-
 class LabelCounts(Metric):
     """Counts images, anomalous images, pixels and anomalous pixels (to know which metrics are defined)."""
 
@@ -43,6 +42,7 @@ class LabelCounts(Metric):
     def __init__(self) -> None:
         super().__init__()
         self.add_state("counts", default=torch.zeros(4, dtype=torch.float64), dist_reduce_fx="sum")
+        self.counts: torch.Tensor
 
     def update(self, gt_label: torch.Tensor, gt_mask: torch.Tensor | None) -> None:  # type: ignore[override]
         """Add one batch's labels and masks."""
@@ -76,7 +76,7 @@ class PerCategoryEvaluator(Evaluator):
         pixel_metric_size: int | None = None,
         aupro_fpr_limit: float = 0.3,
         results_dir: str | Path | None = None,
-        val_metrics: Any = None,  # noqa: ANN401 - as anomalib's Evaluator
+        val_metrics: Any = None,
         compute_on_cpu: bool = True,
     ) -> None:
         super().__init__(val_metrics=val_metrics, test_metrics=None, compute_on_cpu=compute_on_cpu)
@@ -101,17 +101,19 @@ class PerCategoryEvaluator(Evaluator):
         super().setup(trainer, pl_module, stage)
         if trainer.num_devices <= 1 and self.compute_on_cpu:
             for metrics in self.category_metrics.values():
-                self.metrics_to_cpu(metrics)
+                self.metrics_to_cpu(cast(nn.ModuleList, metrics))
             for counts in self.category_counts.values():
-                counts.compute_on_cpu = True
+                cast(LabelCounts, counts).compute_on_cpu = True
 
     def prepare(self, index: CategoryIndex) -> None:
         """Create fresh metrics for the categories of ``index`` (called by ``setup``; usable without a trainer)."""
         self.category_index = index
-        self.category_metrics = nn.ModuleDict({
-            _module_key(name): nn.ModuleList(spec.build(self.aupro_fpr_limit) for spec in self.specs)
-            for name in index.names
-        })
+        self.category_metrics = nn.ModuleDict(
+            {
+                _module_key(name): nn.ModuleList(cast(Metric, spec.build(self.aupro_fpr_limit)) for spec in self.specs)
+                for name in index.names
+            }
+        )
         self.category_counts = nn.ModuleDict({_module_key(name): LabelCounts() for name in index.names})
 
     # ------------------------------------------------------------------ update
@@ -119,8 +121,8 @@ class PerCategoryEvaluator(Evaluator):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,  # noqa: ANN401
-        batch: Any,  # noqa: ANN401
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
@@ -128,7 +130,7 @@ class PerCategoryEvaluator(Evaluator):
         del trainer, pl_module, outputs, batch_idx, dataloader_idx
         self.update(batch)
 
-    def update(self, batch: Any) -> None:  # noqa: ANN401 - an anomalib batch
+    def update(self, batch: Any) -> None:
         """Update the per-category metrics with one batch of predictions."""
         indices = batch_category_indices(batch, self.category_index)
         anomaly_map, gt_mask = self._pixel_fields(batch)
@@ -143,13 +145,13 @@ class PerCategoryEvaluator(Evaluator):
                 anomaly_map=None if anomaly_map is None else anomaly_map[selected_device],
                 gt_mask=None if gt_mask is None else gt_mask[selected_device],
             )
-            for metric in self.category_metrics[_module_key(name)]:
+            for metric in _metrics(self.category_metrics[_module_key(name)]):
                 metric.update(sub)
-            self.category_counts[_module_key(name)].update(sub.gt_label, sub.gt_mask)
+            cast(LabelCounts, self.category_counts[_module_key(name)]).update(sub.gt_label, sub.gt_mask)
         if (indices < 0).any():
             logger.warning("%d test images belong to no known category and are not scored.", int((indices < 0).sum()))
 
-    def _pixel_fields(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN401
+    def _pixel_fields(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         anomaly_map = getattr(batch, "anomaly_map", None)
         gt_mask = getattr(batch, "gt_mask", None)
         if not self.pixel_metrics or anomaly_map is None or gt_mask is None:
@@ -171,13 +173,14 @@ class PerCategoryEvaluator(Evaluator):
         rows: dict[str, dict[str, float]] = {}
         for name in self.category_index.names:
             key = _module_key(name)
-            images, anomalous, pixels, anomalous_pixels = self.category_counts[key].compute().tolist()
+            counts = cast(LabelCounts, self.category_counts[key])
+            images, anomalous, pixels, anomalous_pixels = counts.compute().tolist()
             if images == 0:
                 continue
             image_defined = 0 < anomalous < images
             pixel_defined = 0 < anomalous_pixels < pixels
             row = {}
-            for spec, metric in zip(self.specs, self.category_metrics[key], strict=True):
+            for spec, metric in zip(self.specs, _metrics(self.category_metrics[key]), strict=True):
                 defined = image_defined if spec.level == "image" else pixel_defined
                 row[spec.key] = float(metric.compute()) if defined else math.nan
             rows[name] = row
@@ -186,10 +189,10 @@ class PerCategoryEvaluator(Evaluator):
     def reset(self) -> None:
         """Forget every update."""
         for metrics in self.category_metrics.values():
-            for metric in metrics:
+            for metric in _metrics(metrics):
                 metric.reset()
         for counts in self.category_counts.values():
-            counts.reset()
+            cast(LabelCounts, counts).reset()
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute, log to the Lightning loggers, print and write the per-category table."""
@@ -199,7 +202,7 @@ class PerCategoryEvaluator(Evaluator):
             for category, row in table.rows.items():
                 if category == MEAN_ROW:
                     pl_module.log(spec.key, row[spec.key], sync_dist=False, rank_zero_only=True)
-                elif len(table.rows) > 2:  # noqa: PLR2004 - per category only when there are several
+                elif len(table.rows) > 2:
                     pl_module.log(f"{spec.key}/{category}", row[spec.key], sync_dist=False, rank_zero_only=True)
         self._report(table, Path(self.results_dir or trainer.default_root_dir))
         self.reset()
@@ -209,6 +212,11 @@ class PerCategoryEvaluator(Evaluator):
         folder.mkdir(parents=True, exist_ok=True)
         table.write(folder / "per_category_metrics")
         print(f"\nPer-category results ({folder / 'per_category_metrics.csv'}):\n{table.to_markdown()}\n")  # noqa: T201
+
+
+def _metrics(metrics: nn.Module) -> list[Metric]:
+    """The metrics of one category (a ``ModuleList`` of :meth:`MetricSpec.build` results), in ``specs`` order."""
+    return [cast(Metric, metric) for metric in cast(nn.ModuleList, metrics)]
 
 
 def _module_key(name: str) -> str:

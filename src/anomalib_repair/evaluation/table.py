@@ -64,7 +64,9 @@ class ResultsTable:
             writer = csv.writer(handle)
             writer.writerow(["category", *(spec.key for spec in self.specs)])
             for name, row in self.rows.items():
-                writer.writerow([name, *("" if math.isnan(row[spec.key]) else f"{row[spec.key]:.6f}" for spec in self.specs)])
+                writer.writerow(
+                    [name, *("" if math.isnan(row[spec.key]) else f"{row[spec.key]:.6f}" for spec in self.specs)]
+                )
         partial.replace(csv_path)
         partial = markdown_path.with_suffix(".md.partial")
         partial.write_text(self.to_markdown() + "\n")

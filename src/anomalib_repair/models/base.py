@@ -36,6 +36,16 @@ def build_pre_processor(backbone: str, image_size: int, crop_size: int | None) -
     return PreProcessor(transform=Compose(steps))
 
 
+def batch_inputs(batch: Batch) -> tuple[torch.Tensor, list[str]]:
+    """The images and image paths of a training batch (both are required by training steps)."""
+    images = getattr(batch, "image", None)
+    paths = getattr(batch, "image_path", None)
+    if images is None or paths is None:
+        msg = "Training batches need `image` and `image_path`: use an anomalib image datamodule."
+        raise ValueError(msg)
+    return images, [paths] if isinstance(paths, str) else list(paths)
+
+
 class RepairModuleMixin:
     """Shared behaviour of CRR, MFRNet and CRAS (see the module docstring)."""
 
@@ -57,7 +67,7 @@ class RepairModuleMixin:
         trainer = getattr(self, "_trainer", None)
         return category_index_for(getattr(trainer, "datamodule", None) if trainer is not None else None)
 
-    def iterate_training_images(self) -> Iterator[tuple[torch.Tensor, Batch]]:
+    def iterate_training_images(self) -> Iterator[tuple[torch.Tensor, Any]]:
         """Yield ``(pre-processed images on the model's device, batch)`` over this rank's training data once.
 
         Used by models that need a pass over the data before training (e.g. CRAS's class centers). Uses the

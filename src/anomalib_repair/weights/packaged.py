@@ -96,7 +96,9 @@ def packaged_state_dict(architecture: str, reference: dict[str, torch.Tensor]) -
     mapped: dict[str, torch.Tensor] = {}
     for key, (source_key, tensor) in zip(keys, packaged.items(), strict=True):
         if reference[key].shape != tensor.shape:
-            msg = f"Packaged tensor {source_key} {tuple(tensor.shape)} does not fit {key} {tuple(reference[key].shape)}."
+            msg = (
+                f"Packaged tensor {source_key} {tuple(tensor.shape)} does not fit {key} {tuple(reference[key].shape)}."
+            )
             raise PackagedWeightsError(msg)
         mapped[key] = tensor
     return mapped

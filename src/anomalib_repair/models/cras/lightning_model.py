@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import ImageBatch
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
+from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
@@ -25,7 +27,7 @@ from anomalib_repair.components.feature_cache import FeatureCache
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices
 from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.models.base import RepairModuleMixin, build_pre_processor
+from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
 from anomalib_repair.models.cras.torch_model import CrasModel
 
@@ -93,8 +95,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         feature_cache_dir: str | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
-        evaluator: nn.Module | bool = True,
-        visualizer: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
     ) -> None:
         if feature_cache not in {None, "memory", "disk"}:
             msg = f"feature_cache must be None, 'memory' or 'disk', got '{feature_cache}'."
@@ -110,7 +112,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         )
         if pre_processor is True:
             self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
-        self.model = CrasModel(
+        self.model: CrasModel = CrasModel(
             backbone=backbone,
             layers=list(layers),
             pre_trained=pre_trained,
@@ -175,11 +177,11 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
 
     @torch.no_grad()
     def _compute_centers(self, num_classes: int) -> torch.Tensor:
-        assert self._category_index is not None  # noqa: S101 - set by on_train_start
+        assert self._category_index is not None
         sums: torch.Tensor | None = None
         counts = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
         for images, batch in self.iterate_training_images():
-            features = self._features(images, list(batch.image_path))
+            features = self._features(images, batch_inputs(batch)[1])
             adapted = self.model.adaptor(features).double()
             classes = self._classes(batch)
             if sums is None:
@@ -222,20 +224,21 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             self._cache.put(paths, features)
         return features
 
-    def _classes(self, batch: Batch) -> torch.Tensor:
-        assert self._category_index is not None  # noqa: S101
+    def _classes(self, batch: ImageBatch) -> torch.Tensor:
+        assert self._category_index is not None
         classes = batch_category_indices(batch, self._category_index, device=self.device)
         if (classes < 0).any():
-            unknown = [path for path, c in zip(batch.image_path, classes.tolist(), strict=True) if c < 0][:3]
+            unknown = [path for path, c in zip(batch_inputs(batch)[1], classes.tolist(), strict=True) if c < 0][:3]
             msg = f"Training images of no known category: {unknown}. Use one of anomalib_repair's datamodules."
             raise BadInputError(msg)
         return classes
 
-    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:  # noqa: ANN401
+    def training_step(self, batch: ImageBatch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One step: adapt, match centers, synthesise, discriminate, update both optimisers."""
         del args, kwargs
-        adaptor_optimizer, discriminator_optimizer = self.optimizers()  # type: ignore[misc]
-        features = self._features(batch.image, list(batch.image_path))
+        adaptor_optimizer, discriminator_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
+        images, paths = batch_inputs(batch)
+        features = self._features(images, paths)
         adapted = self.model.adaptor(features)
         centers = self.model.match_centers(adapted, self._classes(batch))
         real = adapted.flatten(0, 1)
@@ -251,10 +254,10 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.manual_backward(loss)
         adaptor_optimizer.step()
         discriminator_optimizer.step()
-        self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch.image))
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(paths))
         return {"loss": loss.detach()}
 
-    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:  # noqa: ANN401
+    def validation_step(self, batch: ImageBatch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Score the validation batch (anomalib computes thresholds from it)."""
         del args, kwargs
         predictions = self.model(batch.image)
@@ -270,4 +273,3 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         """Restore the category names of the centers."""
         super().on_load_checkpoint(checkpoint)
         self.category_names = list(checkpoint.get(CATEGORY_KEY, []))
-

@@ -21,8 +21,10 @@ def _xavier_linear(layer: nn.Module) -> None:
 
 
 class ResidualDiscriminator(nn.Sequential):
-    """MLP that scores ``[f, f − c]``: two Linear–BatchNorm–LeakyReLU(0.2) blocks halving the width, then a
-    bias-free Linear to one logit and a sigmoid.
+    """MLP that scores ``[f, f - c]`` as an anomaly probability.
+
+    Two Linear, BatchNorm, LeakyReLU(0.2) blocks halve the width, then a bias-free Linear gives one logit and a
+    sigmoid the probability.
 
     Args:
         embed_dim: Width ``D`` of a feature; the input is ``2·D``.
@@ -77,6 +79,7 @@ class CrasModel(nn.Module):
         self.center_dtype = getattr(torch, center_dtype)
         self.match_chunk = match_chunk
         self.register_buffer("centers", torch.zeros(0, 0, embed_dim, dtype=self.center_dtype))
+        self.centers: torch.Tensor
 
     # ------------------------------------------------------------------ features
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -136,7 +139,7 @@ class CrasModel(nn.Module):
         pred_score = scores.flatten(1).amax(dim=1)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         key = prefix + "centers"
         if key in state_dict:
             self.centers = torch.empty_like(state_dict[key], dtype=self.center_dtype, device=self.centers.device)

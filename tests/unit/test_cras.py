@@ -1,0 +1,152 @@
+"""CRAS network pieces: parameter count, shapes, center matching, synthesis, cache, checkpoint state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from anomalib_repair import CRAS
+from anomalib_repair.components.feature_cache import FeatureCache
+from anomalib_repair.components.patch_features import PatchAggregator
+from anomalib_repair.data.synthesis import distance_guided_noise
+from anomalib_repair.models.cras import CrasModel
+
+LITE = {"backbone": "tf_efficientnet_lite0.pypi", "layers": ["blocks.2", "blocks.4"]}
+
+
+def test_default_cras_has_the_papers_trainable_parameters_without_downloading():
+    model = CRAS()  # wide_resnet50_2.tv_in1k: built with random weights, nothing fetched
+    assert not bool(model.model.backbone.weights_loaded)
+    adaptor = sum(p.numel() for p in model.model.adaptor.parameters())
+    discriminator = sum(p.numel() for p in model.model.discriminator.parameters())
+    trainable = sum(p.numel() for p in model.model.parameters() if p.requires_grad)
+    assert adaptor == 1536 * 1536 + 1536  # 2.36 M
+    assert discriminator == 3072 * 1536 + 1536 + 2 * 1536 + 1536 * 768 + 768 + 2 * 768 + 768  # 5.91 M
+    assert trainable == adaptor + discriminator
+    assert round(trainable / 1e6, 2) == 8.27
+    assert all(not p.requires_grad for p in model.model.backbone.parameters())
+
+
+def test_default_input_pipeline_is_329_resize_288_crop_imagenet_normalisation():
+    transform = CRAS().pre_processor.transform
+    out = transform(torch.rand(1, 3, 400, 500))
+    assert out.shape[-2:] == (288, 288)
+    normalize = transform.transforms[-1]
+    assert normalize.mean == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_wrn_patch_grid_is_36_by_36_with_1536_dims():
+    model = CrasModel(pre_trained=False)
+    features, grid = model.embed(torch.rand(1, 3, 288, 288))
+    assert grid == (36, 36)
+    assert features.shape == (1, 1296, 1536)
+
+
+def test_patch_aggregator_matches_a_direct_computation():
+    torch.manual_seed(0)
+    fine, coarse = torch.rand(1, 4, 6, 6), torch.rand(1, 8, 3, 3)
+    out = PatchAggregator(pool_dim=12)([fine, coarse])
+    # Position (2, 3) by hand: each layer's 3×3 neighbourhoods (zero padded), coarse ones upsampled first.
+    fine_patches = F.unfold(fine, 3, padding=1).reshape(1, -1, 6, 6)[0, :, 2, 3]
+    coarse_patches = F.interpolate(F.unfold(coarse, 3, padding=1).reshape(1, -1, 3, 3), size=(6, 6), mode="bilinear")
+    coarse_patch = coarse_patches[0, :, 2, 3]
+    pooled = [F.adaptive_avg_pool1d(v.view(1, 1, -1), 12).flatten() for v in (fine_patches, coarse_patch)]
+    expected = F.adaptive_avg_pool1d(torch.cat(pooled).view(1, 1, -1), 12).flatten()
+    torch.testing.assert_close(out[0, 2 * 6 + 3], expected)
+
+
+def _small_model(num_classes: int = 2, dim: int = 64) -> CrasModel:
+    model = CrasModel(**LITE, pre_trained=False, embed_dim=dim)
+    _, grid = model.embed(torch.rand(1, 3, 64, 64))
+    model.set_centers(torch.randn(num_classes, grid[0] * grid[1], dim))
+    return model.eval()
+
+
+def test_forward_gives_anomalib_inference_batch_with_full_size_maps():
+    model = _small_model()
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 64, 64))
+    assert out.pred_score.shape == (3,)
+    assert out.anomaly_map.shape == (3, 1, 64, 64)
+    assert ((out.pred_score >= 0) & (out.pred_score <= 1)).all()
+
+
+def test_class_inference_picks_the_center_set_the_image_resembles():
+    model = _small_model(num_classes=3)
+    features = model.centers[[2, 0, 1]].float() + 0.01 * torch.randn(3, *model.centers.shape[1:])
+    assert model.infer_classes(features).tolist() == [2, 0, 1]
+
+
+def test_center_matching_is_position_free_nearest_by_cosine():
+    model = _small_model(num_classes=1, dim=8)
+    centers = model.centers[0]
+    order = torch.randperm(centers.shape[0])
+    features = 3.0 * centers[order].unsqueeze(0)  # scaled copies, shuffled positions: cosine finds them
+    matched = model.match_centers(features, torch.tensor([0]))
+    torch.testing.assert_close(matched[0], centers[order])
+
+
+@pytest.mark.parametrize("center_dtype", ["float32", "float16"])
+def test_centers_storage_precision_and_state_dict_round_trip(center_dtype):
+    model = CrasModel(**LITE, pre_trained=False, embed_dim=32, center_dtype=center_dtype)
+    model.set_centers(torch.randn(4, 16, 32))
+    assert model.centers.dtype == getattr(torch, center_dtype)
+    fresh = CrasModel(**LITE, pre_trained=False, embed_dim=32, center_dtype=center_dtype)
+    fresh.load_state_dict(model.state_dict())  # the (0, 0, D) buffer grows to the stored (K, P, D)
+    torch.testing.assert_close(fresh.centers, model.centers)
+    assert fresh.num_classes == 4
+
+
+def test_distance_guided_noise_follows_the_papers_formula():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.zeros(4, 16)
+    centers = torch.zeros(4, 16)
+    centers[:, 0] = torch.tensor([1.0, 2.0, 4.0, 8.0])  # ‖f − c‖ = 1, 2, 4, 8
+    fake = distance_guided_noise(features, centers, sigma=0.5, k=0.3, generator=generator)
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 0.5
+    ratio = noise.norm(dim=1) / torch.tensor([1.0, 2.0, 4.0, 8.0])
+    scale = (ratio / ratio.mean() - 1) * 0.3 + 1
+    torch.testing.assert_close(fake, scale.unsqueeze(1) * noise)
+    # k = 0: plain Gaussian noise of std sigma; the scale never depends on anything else.
+    plain = distance_guided_noise(features, centers, sigma=0.5, k=0.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, noise)
+
+
+def test_distance_guided_noise_scales_noise_down_far_from_the_center():
+    torch.manual_seed(0)
+    features = torch.zeros(2000, 64)
+    centers = torch.zeros(2000, 64)
+    centers[:1000, 0] = 1.0  # near the center
+    centers[1000:, 0] = 10.0  # far from it
+    perturbation = (distance_guided_noise(features, centers, sigma=0.015, k=0.3) - features).norm(dim=1)
+    near, far = perturbation[:1000].mean(), perturbation[1000:].mean()
+    assert near > far  # s ∝ 1/‖f − c‖ before the pull toward 1
+    assert perturbation.mean() == pytest.approx(0.015 * 8, rel=0.1)  # σ·√D on average
+
+
+def test_synthesis_carries_no_gradient_into_the_noise():
+    features = torch.randn(8, 16, requires_grad=True)
+    fake = distance_guided_noise(features, torch.zeros(8, 16))
+    fake.sum().backward()
+    torch.testing.assert_close(features.grad, torch.ones(8, 16))
+
+
+@pytest.mark.parametrize("location", ["memory", "disk"])
+def test_feature_cache_round_trip(tmp_path, location):
+    cache = FeatureCache(3, (4, 5), location=location, directory=tmp_path if location == "disk" else None)
+    values = torch.randn(2, 4, 5)
+    cache.put(["a.png", "b.png"], values)
+    assert cache.has_all(["b.png", "a.png"]) and not cache.has_all(["a.png", "c.png"])
+    torch.testing.assert_close(cache.get(["b.png", "a.png"], torch.device("cpu")), values[[1, 0]].half().float())
+    cache.put(["c.png", "d.png"], values)  # d exceeds the capacity and is skipped
+    assert "c.png" in cache and "d.png" not in cache
+    assert cache.nbytes == 3 * 4 * 5 * 2
+
+
+def test_bad_options_fail_with_one_line():
+    with pytest.raises(ValueError, match="feature_cache") as error:
+        CRAS(**LITE, feature_cache="gpu")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="center_dtype"):
+        CRAS(**LITE, center_dtype="int8")
