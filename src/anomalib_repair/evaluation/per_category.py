@@ -88,6 +88,9 @@ class PerCategoryEvaluator(Evaluator):
         self.category_metrics = nn.ModuleDict()
         self.category_counts = nn.ModuleDict()
         self.last_results: ResultsTable | None = None
+        # The per-category metrics are rebuilt for every run's categories: keep them out of checkpoints.
+        self._register_state_dict_hook(_drop_metric_state)
+        self._register_load_state_dict_pre_hook(_ignore_metric_state)
 
     @property
     def specs(self) -> tuple[MetricSpec, ...]:
@@ -217,6 +220,21 @@ class PerCategoryEvaluator(Evaluator):
 def _metrics(metrics: nn.Module) -> list[Metric]:
     """The metrics of one category (a ``ModuleList`` of :meth:`MetricSpec.build` results), in ``specs`` order."""
     return [cast(Metric, metric) for metric in cast(nn.ModuleList, metrics)]
+
+
+_TRANSIENT = ("category_metrics.", "category_counts.")
+
+
+def _drop_metric_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    del module, local_metadata
+    for key in [key for key in state_dict if key.startswith(tuple(prefix + name for name in _TRANSIENT))]:
+        del state_dict[key]
+
+
+def _ignore_metric_state(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    del args
+    for key in [key for key in state_dict if key.startswith(tuple(prefix + name for name in _TRANSIENT))]:
+        del state_dict[key]
 
 
 def _module_key(name: str) -> str:
