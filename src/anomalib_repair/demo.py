@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_size=args.image_size,
         crop_size=args.image_size,
         embed_dim=384,
+        noise_std=1.0,  # the paper's 0.015 is in WideResNet-50 feature units; Lite0's features are ~10x larger
         feature_cache="memory",
     )
     engine = Engine(
