@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 from anomalib_repair.components.backbone import backbone_normalization, load_backbone_weights
 from anomalib_repair.data.category import CategoryIndex, category_index_for
 from anomalib_repair.evaluation import PerCategoryEvaluator
+from anomalib_repair.visualization import CategoryImageVisualizer
 
 
 def build_pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
@@ -53,6 +54,11 @@ class RepairModuleMixin:
     def configure_evaluator() -> Evaluator:
         """Per-category image and pixel metrics with their mean (see :class:`PerCategoryEvaluator`)."""
         return PerCategoryEvaluator()
+
+    @classmethod
+    def configure_visualizer(cls) -> CategoryImageVisualizer:
+        """anomalib's image visualizer, saving pictures under one folder per category."""
+        return CategoryImageVisualizer()
 
     def setup(self, stage: str) -> None:
         """Resolve the backbone's pretrained weights unless a checkpoint is about to restore them."""
