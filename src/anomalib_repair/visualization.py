@@ -23,10 +23,10 @@ class CategoryImageVisualizer(ImageVisualizer):
 
     def on_test_batch_end(
         self,
-        trainer: Any,  # noqa: ANN401
-        pl_module: Any,  # noqa: ANN401
-        outputs: Any,  # noqa: ANN401
-        batch: Any,  # noqa: ANN401
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:

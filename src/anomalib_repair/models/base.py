@@ -57,7 +57,7 @@ class RepairModuleMixin:
 
     @classmethod
     def configure_visualizer(cls) -> CategoryImageVisualizer:
-        """anomalib's image visualizer, saving pictures under one folder per category."""
+        """Anomalib's image visualizer, saving pictures under one folder per category."""
         return CategoryImageVisualizer()
 
     def setup(self, stage: str) -> None:
