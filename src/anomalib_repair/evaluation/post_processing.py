@@ -13,7 +13,7 @@ by image path (:mod:`anomalib_repair.data.category`). Its own (global) statistic
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from anomalib.data import InferenceBatch
@@ -80,7 +80,7 @@ class PerCategoryPostProcessor(PostProcessor):
         for position, name in enumerate(self.category_index.names):
             selected = (indices == position).nonzero().flatten()
             if selected.numel() and _key(name) in self.categories:
-                groups.append((self.categories[_key(name)], selected))
+                groups.append((cast(PostProcessor, self.categories[_key(name)]), selected))
         return groups
 
     # ------------------------------------------------------------------ statistics from validation
@@ -88,13 +88,13 @@ class PerCategoryPostProcessor(PostProcessor):
         """Update the global and the per-category statistics."""
         super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
         for child, selected in self._groups(outputs):
-            child.on_validation_batch_end(trainer, pl_module, _subset(outputs, selected))
+            child.on_validation_batch_end(trainer, pl_module, _subset(outputs, selected))  # type: ignore[arg-type]
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         """Compute the global and the per-category thresholds and normalisation bounds."""
         super().on_validation_epoch_end(trainer, pl_module)
         for child in self.categories.values():
-            child.on_validation_epoch_end(trainer, pl_module)
+            cast(PostProcessor, child).on_validation_epoch_end(trainer, pl_module)
 
     # ------------------------------------------------------------------ application
     def post_process_batch(self, batch: Any) -> None:
