@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
@@ -92,3 +93,16 @@ def test_per_category_post_processor_in_a_real_run(tmp_path, demo_root):
     # Without a datamodule the category is unknown: the global statistics apply and no category is invented.
     engine.predict(model=model, dataloaders=datamodule.test_dataloader())
     assert set(model.post_processor.categories) == {"disc", "grain"}
+
+
+def test_single_category_with_anomalibs_own_datamodule(tmp_path, demo_root):
+    seed_everything(0)
+    datamodule = MVTecAD(root=demo_root, category="disc", train_batch_size=8, eval_batch_size=16, num_workers=0)
+    model = CRAS(**REDUCED, image_size=64, crop_size=64, visualizer=False)
+    engine = _engine(tmp_path, epochs=15)  # 8 training images: one step per epoch
+    engine.fit(model=model, datamodule=datamodule)
+    assert model.category_names == ["disc"]
+    assert model.model.centers.shape[0] == 1
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert results["image_AUROC"] >= 0.6, results
+    assert not any("/" in key for key in results)  # one category: no per-category keys
