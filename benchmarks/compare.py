@@ -175,6 +175,7 @@ def build_datamodule(settings: Settings) -> Any:
 
         def __init__(self, cap: int | None, cap_seed: int, **kwargs: Any) -> None:
             super().__init__(**kwargs)
+            self.dataset_name = "MVTecFolder"  # the results folder name
             self.cap = cap
             self.cap_seed = cap_seed
 
@@ -802,9 +803,7 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
             f"{first['train_images']} training and {first['test_images']} test images in all; the peak RSS includes "
             f"~{first['rss_start_mb']:.0f} MB that the imports (torch, anomalib, ...) take before any work."
         )
-    loads = [f"{m} {r['load_average_at_end'][0]}" for m, r in results.items() if "load_average_at_end" in r]
-    if loads:
-        items.append("1-minute load average when each worker ended (2 cores): " + ", ".join(loads) + ".")
+    items += load_notes(results)
     if settings.max_train_per_category is not None:
         items.append(
             f"Training images subsampled to at most {settings.max_train_per_category} per category "
@@ -812,6 +811,28 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         )
     else:
         items.append("All training images used (no subsampling).")
+    return items
+
+
+def load_notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The load average at the end of every worker, and a warning for workers that ran on an oversubscribed CPU."""
+    cores = len(os.sched_getaffinity(0))
+    loads = {
+        method: result["load_average_at_end"][0]
+        for method, result in results.items()
+        if "load_average_at_end" in result
+    }
+    if not loads:
+        return []
+    listed = ", ".join(f"{method} {load}" for method, load in loads.items())
+    items = [f"1-minute load average when each worker ended ({cores} cores): {listed}."]
+    busy = [method for method, load in loads.items() if load > cores + 0.5]
+    if busy:
+        items.append(
+            f"**WARNING: the CPU was oversubscribed while {', '.join(busy)} ran (load above {cores} cores): another "
+            "job competed for the cores, so their wall times and latencies (batch 1 especially) are inflated and not "
+            "comparable; the CPU seconds in results.csv are less affected.**"
+        )
     return items
 
 
