@@ -40,7 +40,7 @@ def real_data_root(shared_data_root: Path) -> Path:
     real = shared_data_root / "real"
     if not real.is_dir():
         pytest.skip(f"../shared/data not found (looked for {real}; set {SHARED_DATA_ENV} to its location)")
-    return real
+    return real.resolve()  # anomalib resolves sample paths; a symlinked shared/ must compare equal
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ REAL_TEST = {"hazelnut_toy": 6 + 17, "magnetic_tile": 159 + 115 + 85 + 57 + 32 +
 
 def category_of(path: str | Path, root: Path) -> str:
     """The category folder an image path lies in."""
-    return Path(path).relative_to(root).parts[0]
+    return Path(path).resolve().relative_to(root.resolve()).parts[0]
 
 
 def assert_one_line(error: pytest.ExceptionInfo) -> str:
