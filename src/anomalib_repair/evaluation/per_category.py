@@ -114,11 +114,11 @@ class PerCategoryEvaluator(Evaluator):
         self.category_index = index
         self.category_metrics = nn.ModuleDict(
             {
-                _module_key(name): nn.ModuleList(cast(Metric, spec.build(self.aupro_fpr_limit)) for spec in self.specs)
+                module_key(name): nn.ModuleList(cast(Metric, spec.build(self.aupro_fpr_limit)) for spec in self.specs)
                 for name in index.names
             }
         )
-        self.category_counts = nn.ModuleDict({_module_key(name): LabelCounts() for name in index.names})
+        self.category_counts = nn.ModuleDict({module_key(name): LabelCounts() for name in index.names})
 
     # ------------------------------------------------------------------ update
     def on_test_batch_end(
@@ -149,9 +149,9 @@ class PerCategoryEvaluator(Evaluator):
                 anomaly_map=None if anomaly_map is None else anomaly_map[selected_device],
                 gt_mask=None if gt_mask is None else gt_mask[selected_device],
             )
-            for metric in _metrics(self.category_metrics[_module_key(name)]):
+            for metric in _metrics(self.category_metrics[module_key(name)]):
                 metric.update(sub)
-            cast(LabelCounts, self.category_counts[_module_key(name)]).update(sub.gt_label, sub.gt_mask)
+            cast(LabelCounts, self.category_counts[module_key(name)]).update(sub.gt_label, sub.gt_mask)
         if (indices < 0).any():
             logger.warning("%d test images belong to no known category and are not scored.", int((indices < 0).sum()))
 
@@ -176,7 +176,7 @@ class PerCategoryEvaluator(Evaluator):
         """Compute every metric for every category and the mean over categories (NaN where undefined)."""
         rows: dict[str, dict[str, float]] = {}
         for name in self.category_index.names:
-            key = _module_key(name)
+            key = module_key(name)
             counts = cast(LabelCounts, self.category_counts[key])
             images, anomalous, pixels, anomalous_pixels = counts.compute().tolist()
             if images == 0:
@@ -226,16 +226,19 @@ def _metrics(metrics: nn.Module) -> list[Metric]:
 _TRANSIENT = ("category_metrics.", "category_counts.")
 
 
-def _drop_metric_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    del module, local_metadata
+def _remove_metric_state(state_dict: dict[str, Any], prefix: str) -> None:
     for key in [key for key in state_dict if key.startswith(tuple(prefix + name for name in _TRANSIENT))]:
         del state_dict[key]
+
+
+def _drop_metric_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    del module, local_metadata
+    _remove_metric_state(state_dict, prefix)
 
 
 def _ignore_metric_state(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     del args
-    for key in [key for key in state_dict if key.startswith(tuple(prefix + name for name in _TRANSIENT))]:
-        del state_dict[key]
+    _remove_metric_state(state_dict, prefix)
 
 
 def _forgive_missing_metric_state(module: nn.Module, incompatible_keys: Any) -> None:
@@ -244,6 +247,6 @@ def _forgive_missing_metric_state(module: nn.Module, incompatible_keys: Any) -> 
     missing[:] = [key for key in missing if not any(f"{name}" in key for name in _TRANSIENT)]
 
 
-def _module_key(name: str) -> str:
+def module_key(name: str) -> str:
     """ModuleDict keys may not contain dots."""
     return name.replace(".", "_")

@@ -21,6 +21,7 @@ from anomalib.post_processing import PostProcessor
 from torch import nn
 
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
+from anomalib_repair.evaluation.per_category import module_key
 
 _CHILDREN = "categories."
 
@@ -58,7 +59,7 @@ class PerCategoryPostProcessor(PostProcessor):
         """Use ``index`` to route samples; add a post-processor for every category that has none yet."""
         self.category_index = index
         for name in index.names:
-            key = _key(name)
+            key = module_key(name)
             if key not in self.categories:
                 self.categories[key] = PostProcessor(**self._settings)
 
@@ -79,8 +80,8 @@ class PerCategoryPostProcessor(PostProcessor):
         groups = []
         for position, name in enumerate(self.category_index.names):
             selected = (indices == position).nonzero().flatten()
-            if selected.numel() and _key(name) in self.categories:
-                groups.append((cast(PostProcessor, self.categories[_key(name)]), selected))
+            if selected.numel() and module_key(name) in self.categories:
+                groups.append((cast(PostProcessor, self.categories[module_key(name)]), selected))
         return groups
 
     # ------------------------------------------------------------------ statistics from validation
@@ -108,9 +109,14 @@ class PerCategoryPostProcessor(PostProcessor):
         pred_label = torch.zeros_like(pred_score, dtype=torch.bool)
         pred_mask = None if anomaly_map is None else torch.zeros_like(anomaly_map, dtype=torch.bool)
         covered = torch.zeros_like(pred_score, dtype=torch.bool)
-        for child, selected in groups:
+        for _, selected in groups:
+            covered[selected.to(covered.device)] = True
+        rest = (~covered).nonzero().flatten()
+        # samples of no known category get the global statistics (this processor's own, as in export)
+        targets: list[tuple[PostProcessor, torch.Tensor]] = [*groups, (self, rest)] if rest.numel() else groups
+        for processor, selected in targets:
             where = selected.to(pred_score.device)
-            result = child(
+            result = processor(
                 InferenceBatch(
                     pred_score=batch.pred_score[where],
                     anomaly_map=None if batch.anomaly_map is None else batch.anomaly_map[where],
@@ -120,19 +126,6 @@ class PerCategoryPostProcessor(PostProcessor):
             _assign(anomaly_map, where, result.anomaly_map)
             _assign(pred_label, where, result.pred_label)
             _assign(pred_mask, where, result.pred_mask)
-            covered[where] = True
-        if not covered.all():  # samples of no known category: the global statistics
-            rest = (~covered).nonzero().flatten()
-            result = self(
-                InferenceBatch(
-                    pred_score=batch.pred_score[rest],
-                    anomaly_map=None if batch.anomaly_map is None else batch.anomaly_map[rest],
-                )
-            )
-            for target, value in ((pred_score, result.pred_score), (anomaly_map, result.anomaly_map)):
-                _assign(target, rest, value)
-            _assign(pred_label, rest, result.pred_label)
-            _assign(pred_mask, rest, result.pred_mask)
         batch.pred_score, batch.anomaly_map = pred_score, anomaly_map
         if self.enable_thresholding:
             batch.pred_label, batch.pred_mask = pred_label, pred_mask
@@ -150,7 +143,3 @@ def _subset(batch: Any, selected: torch.Tensor) -> SimpleNamespace:
         value = getattr(batch, name, None)
         fields[name] = None if value is None else value[selected.to(value.device)]
     return SimpleNamespace(**fields)
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "_")

@@ -135,6 +135,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.category_names: list[str] = []
         self._category_index: CategoryIndex | None = None
         self._cache: FeatureCache | None = None
+        self._cache_capacity: int | None = None  # set when fitting with a feature cache
 
     # ------------------------------------------------------------------ anomalib contract
     @property
@@ -210,16 +211,20 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             )
             raise BadInputError(msg)
         loader = self.trainer.train_dataloader
-        capacity = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
-        images = next(iter(self.iterate_training_images()))[0][:1]
-        shape = self.model.embed(images)[0].shape[1:]
-        self._cache = FeatureCache(capacity, shape, location=self.feature_cache, directory=self.feature_cache_dir)
+        self._cache_capacity = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
 
     # ------------------------------------------------------------------ training
     def _features(self, images: torch.Tensor, paths: list[str]) -> torch.Tensor:
         if self._cache is not None and self._cache.has_all(paths):
             return self._cache.get(paths, device=images.device)
         features = self.model.embed(images)[0]
+        if self._cache is None and self._cache_capacity is not None:  # created with the first features it holds
+            self._cache = FeatureCache(
+                self._cache_capacity,
+                features.shape[1:],
+                location=str(self.feature_cache),
+                directory=self.feature_cache_dir,
+            )
         if self._cache is not None:
             self._cache.put(paths, features)
         return features
