@@ -13,6 +13,7 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +26,10 @@ from anomalib_repair.components.backbone import backbone_normalization, load_bac
 from anomalib_repair.data.category import CategoryIndex, category_index_for
 from anomalib_repair.evaluation import PerCategoryEvaluator
 from anomalib_repair.visualization import CategoryImageVisualizer
+
+# torch's ONNX exporter implements opset >= 18 only; anomalib asks for 14, and the down-conversion fails on
+# Resize/Pad with a logged traceback (the file then stays at 18 anyway). Exporting at 18 directly is clean.
+ONNX_OPSET = 18
 
 
 def build_pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
@@ -67,6 +72,17 @@ class RepairModuleMixin:
         if not restoring:
             load_backbone_weights(self)  # type: ignore[arg-type]
         super().setup(stage)  # type: ignore[misc]
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Export to ONNX at opset :data:`ONNX_OPSET` unless ``opset_version`` is given (OpenVINO export too)."""
+        kwargs.setdefault("opset_version", ONNX_OPSET)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)  # type: ignore[misc]
 
     def current_category_index(self) -> CategoryIndex:
         """Category index of the trainer's datamodule (one category for anomalib's own datamodules)."""

@@ -13,6 +13,7 @@ from torch import nn
 from anomalib_repair.components.anomaly_map import AnomalyMapGenerator
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.components.patch_features import PatchAggregator
+from anomalib_repair.components.tracing import is_exporting
 
 
 def _xavier_linear(layer: nn.Module) -> None:
@@ -111,17 +112,19 @@ class CrasModel(nn.Module):
 
     def match_centers(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """For every patch, the most cosine-similar of its image's class centers (position-free), ``(B, P, D)``."""
+        if is_exporting():  # one chunk: a loop over the batch would freeze the exported batch size
+            return self._match_chunk(features, classes)
         matched = torch.empty_like(features)
         for start in range(0, features.shape[0], self.match_chunk):
             stop = start + self.match_chunk
-            bank = self.centers[classes[start:stop]].to(features.dtype)
-            similarity = torch.bmm(
-                F.normalize(features[start:stop].detach(), dim=2),
-                F.normalize(bank, dim=2).transpose(1, 2),
-            )
-            nearest = similarity.argmax(dim=2)
-            matched[start:stop] = torch.gather(bank, 1, nearest.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
+            matched[start:stop] = self._match_chunk(features[start:stop], classes[start:stop])
         return matched
+
+    def _match_chunk(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        bank = self.centers[classes].to(features.dtype)
+        similarity = torch.bmm(F.normalize(features.detach(), dim=2), F.normalize(bank, dim=2).transpose(1, 2))
+        nearest = similarity.argmax(dim=2)
+        return torch.gather(bank, 1, nearest.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
 
     def score(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """Discriminator output for ``(N, D)`` features and their centers: ``(N,)`` anomaly probabilities."""
