@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tiny_models import TINY_CLI_ARGS
+
 ANOMALIB = Path(sys.executable).parent / "anomalib"
-TINY = [
-    "--model.backbone", "tf_efficientnet_lite0.pypi",
-    "--model.layers", "[blocks.2, blocks.4]",
-    "--model.image_size", "64", "--model.crop_size", "64",
-    "--model.embed_dim", "128", "--model.noise_std", "1.0",
-]  # fmt: skip
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -32,26 +28,6 @@ def _table(path: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
-def test_cli_train_then_test_from_checkpoint_reproduces_the_metrics(tmp_path, demo_root):
-    data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.categories", "[disc, weave]"]
-    data += ["--data.num_workers", "0", "--data.train_batch_size", "8"]
-    trained = _run(["train", "--model", "anomalib_repair.CRAS", *data, *TINY, "--trainer.max_epochs", "2"], tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run_dir = tmp_path / "results" / "CRAS" / "MVTecFolder" / "disc+weave" / "v0"
-    first = _table(run_dir / "per_category_metrics.csv")
-    assert set(first) == {"disc", "weave", "mean"}
-    assert list((run_dir / "images").iterdir()), "anomaly-map pictures are written per category"
-    checkpoint = run_dir / "weights" / "lightning" / "model.ckpt"
-    assert checkpoint.exists()
-
-    (run_dir / "per_category_metrics.csv").unlink()
-    tested = _run(["test", "--model", "anomalib_repair.CRAS", *data, *TINY, "--ckpt_path", str(checkpoint)], tmp_path)
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    second = _table(next(tmp_path.rglob("per_category_metrics.csv")))
-    assert second == first
-
-
-@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
 def test_cli_missing_dataset_root_is_one_clear_line(tmp_path):
     missing = tmp_path / "nowhere"
     result = _run(
@@ -61,3 +37,67 @@ def test_cli_missing_dataset_root_is_one_clear_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(missing) in last
     assert "Traceback" not in result.stderr
+
+
+def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
+    """train → test (same table) → predict (maps and overlays) → export torch/onnx/openvino, all via the CLI."""
+    model = ["--model", f"anomalib_repair.{name}"]
+    data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.categories", "[disc, weave]"]
+    data += ["--data.num_workers", "0", "--data.train_batch_size", "8"]
+    tiny = TINY_CLI_ARGS[name]
+    trained = _run(["train", *model, *data, *tiny, "--trainer.max_epochs", "2"], root)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = root / "results" / name / "MVTecFolder" / "disc+weave" / "v0"
+    first = _table(run_dir / "per_category_metrics.csv")
+    checkpoint = run_dir / "weights" / "lightning" / "model.ckpt"
+
+    (run_dir / "per_category_metrics.csv").unlink()
+    tested = _run(["test", *model, *data, *tiny, "--ckpt_path", str(checkpoint)], root)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert _table(next(root.rglob("per_category_metrics.csv"))) == first
+
+    images = demo_root / "disc" / "test" / "hole"
+    predict_root = root / "predicted"
+    predicted = _run(
+        ["predict", *model, *tiny, "--data", str(images), "--ckpt_path", str(checkpoint),
+         "--default_root_dir", str(predict_root)],
+        root,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    pictures = list(predict_root.rglob("*.png"))
+    assert len(pictures) >= len(list(images.glob("*.png"))), "one overlay picture per predicted image"
+
+    for export_type, suffix in (("torch", ".pt"), ("onnx", ".onnx"), ("openvino", ".xml")):
+        exported = _run(
+            ["export", *model, *tiny, "--export_type", export_type, "--ckpt_path", str(checkpoint),
+             "--export_root", str(root / "exported")],
+            root,
+        )  # fmt: skip
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert list((root / "exported" / "weights" / export_type).glob(f"*{suffix}")), export_type
+
+
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+def test_cli_lifecycle_cras(tmp_path, demo_root):
+    _cli_lifecycle("CRAS", tmp_path, demo_root)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+@pytest.mark.parametrize("name", sorted(TINY_CLI_ARGS))
+def test_cli_lifecycle_every_model(name, tmp_path, demo_root):
+    _cli_lifecycle(name, tmp_path, demo_root)
+
+
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+@pytest.mark.parametrize("name", sorted(TINY_CLI_ARGS))
+def test_cli_resolves_our_model_and_the_short_data_name(name, tmp_path):
+    """`anomalib train --model anomalib_repair.X --data MVTec --data.root PATH`: word order as in anomalib."""
+    result = _run(
+        ["train", "--model", f"anomalib_repair.{name}", "--data", "MVTec", "--data.root", str(tmp_path),
+         "--print_config"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"class_path: anomalib_repair.{name}" in result.stdout
+    assert "class_path: anomalib_repair.MVTec\n" in result.stdout
