@@ -22,7 +22,8 @@ from anomalib.data.utils import TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
 from anomalib_repair.data.category import CategoryIndex
-from anomalib_repair.errors import DatasetNotFoundError, UnknownCategoryError
+from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
+from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_mode: As in anomalib; the default takes validation = test (thresholds need anomalies).
         val_split_ratio: As in anomalib.
         seed: Seed for the splits.
+        verify_images: Open and ``verify()`` every image and mask at set-up (about 0.3 ms a file) so that a
+            truncated file or a mask of the wrong size fails at once, in one line naming the file.
 
     Example:
         >>> datamodule = MultiClassDataModule("anomalib.data.MVTecAD", root="./datasets/MVTecAD",
@@ -88,6 +91,7 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        verify_images: bool = True,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -118,6 +122,8 @@ class MultiClassDataModule(AnomalibDataModule):
             self._check_known(self.requested_categories, self._known_categories)
         self.category = self._category_label()
         self.category_index: CategoryIndex | None = None
+        self.verify_images = verify_images
+        self._verified: set[str] = set()
 
     # ------------------------------------------------------------------ categories
     @property
@@ -180,6 +186,10 @@ class MultiClassDataModule(AnomalibDataModule):
             **self.category_kwargs,
         )
 
+    @property
+    def _mvtec_layout(self) -> bool:
+        return self.datamodule_class.__name__ == "MVTecAD"
+
     def _raise_missing_root(self) -> None:
         msg = f"{self.dataset_name} dataset root not found: {self.root}. {self.download_hint}".strip()
         raise DatasetNotFoundError(msg)
@@ -208,8 +218,12 @@ class MultiClassDataModule(AnomalibDataModule):
         path_to_category: dict[str, str] = {}
         for category in self.categories:
             datamodule = self._category_datamodule(category)
+            if self._mvtec_layout:
+                check_mvtec_layout(self.root / category)
             try:
                 datamodule._setup()  # noqa: SLF001 - anomalib's documented per-subclass hook
+            except BadInputError:
+                raise
             except (FileNotFoundError, RuntimeError, ValueError) as error:
                 detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
                 msg = (
@@ -228,8 +242,11 @@ class MultiClassDataModule(AnomalibDataModule):
                 path_to_category.update(dict.fromkeys(dataset.samples["image_path"].astype(str), category))
             train_sets.append(train)
             test_sets.append(test)
-        self.train_data = _concatenate(train_sets)
-        self.test_data = _concatenate(test_sets)
+        self.train_data = with_checked_items(_concatenate(train_sets))
+        self.test_data = with_checked_items(_concatenate(test_sets))
+        if self.verify_images:
+            for dataset in (self.train_data, self.test_data):
+                verify_samples(dataset.samples, self._verified)
         self.category_index = CategoryIndex(self.categories, path_to_category)
         logger.info(
             "%s: %d categories, %d training and %d test images.",
@@ -267,6 +284,8 @@ _SHARED_DOC = """
         val_split_mode: As in anomalib.
         val_split_ratio: As in anomalib.
         seed: Seed for the splits.
+        category_kwargs: Extra arguments for every per-category anomalib datamodule.
+        verify_images: Open and ``verify()`` every image and mask at set-up so that a bad file fails at once.
 """
 
 
@@ -294,6 +313,7 @@ class _NamedMultiClass(MultiClassDataModule):
         val_split_ratio: float = 0.5,
         seed: int | None = None,
         category_kwargs: dict[str, Any] | None = None,
+        verify_images: bool = True,
     ) -> None:
         super().__init__(
             datamodule_class=self.anomalib_class,
@@ -315,6 +335,7 @@ class _NamedMultiClass(MultiClassDataModule):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            verify_images=verify_images,
         )
 
 
