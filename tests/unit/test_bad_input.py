@@ -115,7 +115,7 @@ def test_mask_without_image_fails_naming_the_mask(messy_root):
 
 def test_mask_without_image_while_the_counts_still_match_is_caught(messy_root):
     # anomalib pairs sorted lists: an extra image elsewhere hides the missing one from a count check.
-    image, mask = _first_defect(messy_root)
+    image, _mask = _first_defect(messy_root)
     shutil.copy(image, image.with_name("zz_extra.png"))
     image.unlink()
     with pytest.raises(BadInputError) as error:
