@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.data.utils import TestSplitMode, ValSplitMode
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from anomalib_repair.data.category import CategoryIndex
+from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 
@@ -255,6 +258,44 @@ class MultiClassDataModule(AnomalibDataModule):
             len(self.train_data),
             len(self.test_data),
         )
+
+    # ------------------------------------------------------------------ data loaders
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled per epoch from the seed, resumable mid-epoch, one shard per process under DDP.
+
+        The loaders have their own generators: starting an epoch draws nothing from the global random stream,
+        which the models' synthetic anomalies use (so a resumed run continues that stream exactly).
+        """
+        sampler = ResumableSampler.for_trainer(
+            self.train_data, getattr(self, "trainer", None), self.train_batch_size, seed=self.seed
+        )
+        return DataLoader(
+            dataset=self.train_data,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch),
+            batch_size=self.train_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or self.train_data.collate_fn,
+        )
+
+    def _eval_dataloader(self, dataset: Any) -> DataLoader:
+        return DataLoader(
+            dataset=dataset,
+            sampler=shard_sampler(dataset, getattr(self, "trainer", None)),
+            shuffle=False,
+            generator=torch.Generator().manual_seed(0),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or dataset.collate_fn,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation images in order; under DDP each process gets its share, every image exactly once."""
+        return self._eval_dataloader(self.val_data)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test images in order; under DDP each process gets its share, every image exactly once."""
+        return self._eval_dataloader(self.test_data)
 
 
 def _concatenate(datasets: list[Any]) -> Any:

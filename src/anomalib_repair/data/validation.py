@@ -149,7 +149,7 @@ def _checked_class(base: type) -> type:
 
 
 def _rebuild_checked(base: type, state: dict[str, Any]) -> Any:
-    dataset = base.__new__(base)
+    dataset: Any = object.__new__(base)
     dataset.__dict__.update(state)
     dataset.__class__ = _checked_class(base)
     return dataset
