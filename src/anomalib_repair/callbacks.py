@@ -154,15 +154,20 @@ class TrainingState(Callback):
       unchanged.
     - Every checkpoint stores the random state of every rank (gathered from all ranks); resuming restores this
       rank's state just before the first resumed training batch.
+    - :attr:`data_seed`, the shuffling seed of the training sampler (see
+      :class:`~anomalib_repair.data.sampling.ResumableSampler`), is the run's seed, kept in checkpoints: a resumed
+      run shuffles as the interrupted one even when that one had a random seed (the CLI's default).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._pending: list[dict[str, Any]] | None = None
+        self.data_seed: int | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Re-seed the ranks after the first of a multi-process run."""
+        """Note the run's seed; re-seed the ranks after the first of a multi-process run."""
         del pl_module
+        self.data_seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         if stage == "fit" and trainer.world_size > 1 and trainer.global_rank > 0:
             seed = _rank_seed(torch.initial_seed(), trainer.global_rank)
             torch.manual_seed(seed)
@@ -176,12 +181,14 @@ class TrainingState(Callback):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             states: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(states, state)
-            return {"rng": states}
-        return {"rng": [state]}
+            return {"rng": states, "data_seed": self.data_seed}
+        return {"rng": [state], "data_seed": self.data_seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the saved states until training resumes."""
+        """Keep the saved states until training resumes; take over the interrupted run's data seed."""
         self._pending = list(state_dict.get("rng", [])) or None
+        if state_dict.get("data_seed") is not None:
+            self.data_seed = int(state_dict["data_seed"])
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         """Restore this rank's random state before the first resumed batch."""

@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, seed_everything
 from PIL import Image
 
 from anomalib_repair import MVTecFolder
 from anomalib_repair.data.validation import verify_samples
 from anomalib_repair.errors import AnomalibRepairError, BadInputError, one_line
+from tiny_models import TINY_MODELS
 
 
 def assert_one_line(error: pytest.ExceptionInfo, *needles: str) -> str:
@@ -175,3 +178,48 @@ def test_image_check_cost_on_real_data(real_data_root):
     elapsed = time.perf_counter() - start
     assert count >= 1800
     assert elapsed / count < 5e-3, f"{elapsed:.2f} s for {count} files"
+
+
+# ---------------------------------------------------------------------------------------------- in training
+class _PoisonBatches(Callback):
+    """Turns the training images into NaN, as a corrupt input pipeline or an exploding step would."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        batch.image.fill_(float("nan"))
+
+
+def _engine(work: Path, callbacks: list | None = None) -> Engine:
+    return Engine(
+        max_epochs=1,
+        default_root_dir=work,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks or [],
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_nan_loss_stops_training_with_one_line(name, tmp_path, demo_root):
+    seed_everything(0)
+    datamodule = MVTecFolder(root=demo_root, categories=["disc"], num_workers=0, train_batch_size=8)
+    engine = _engine(tmp_path, [_PoisonBatches()])
+    with pytest.raises(AnomalibRepairError) as error:
+        engine.fit(model=TINY_MODELS[name](visualizer=False), datamodule=datamodule)
+    assert_one_line(error, "NaN")
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_training_on_a_messy_folder_just_works(name, messy_root, tmp_path):
+    """Grayscale, RGBA and very differently sized images (and a resized mask) train and test as in anomalib."""
+    _mix_formats_and_sizes(messy_root)
+    seed_everything(0)
+    datamodule = _datamodule(messy_root)
+    model = TINY_MODELS[name](visualizer=False)
+    engine = _engine(tmp_path)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert model.evaluator.last_counts == {"disc": 10, "weave": 10}
+    for key in ("image_AUROC", "pixel_AUROC"):
+        assert 0.0 <= results[key] <= 1.0, (key, results[key])

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch.utils.data import DistributedSampler, Sampler
 
+from anomalib_repair.callbacks import TrainingState
+
 
 def _world(trainer: Any) -> tuple[int, int]:
     if trainer is None:
@@ -55,9 +57,15 @@ class ResumableSampler(DistributedSampler):
         """The sampler for ``trainer``'s current position: its epoch, and the batches done when resuming.
 
         Called when the trainer asks for its training dataloader, which it does after restoring a checkpoint.
+        ``seed=None`` takes the run's seed as kept by :class:`~anomalib_repair.callbacks.TrainingState` (restored
+        from the checkpoint when resuming), else ``PL_GLOBAL_SEED``.
         """
         world, rank = _world(trainer)
-        seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
+        if seed is None:
+            states = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, TrainingState)]
+            seed = states[0].data_seed if states and states[0].data_seed is not None else None
+        if seed is None:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         epoch, start = 0, 0
         loop = getattr(trainer, "fit_loop", None)
         if loop is not None:
