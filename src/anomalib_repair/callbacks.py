@@ -39,6 +39,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from anomalib_repair.errors import BadInputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -191,8 +193,9 @@ class TrainingState(Callback):
             self.data_seed = int(state_dict["data_seed"])
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        """Restore this rank's random state before the first resumed batch."""
-        del pl_module, batch, batch_idx
+        """Refuse non-finite images; restore this rank's random state before the first resumed batch."""
+        del pl_module, batch_idx
+        _check_finite_images(batch)
         if self._pending is None:
             return
         states, self._pending = self._pending, None
@@ -212,6 +215,33 @@ class TrainingState(Callback):
                 len(states),
                 trainer.world_size,
             )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Stop at once, in one line, when a training step returned a NaN or infinite loss."""
+        del pl_module, batch, batch_idx
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            msg = (
+                f"Training loss is {float(loss.detach().float().mean())} at step {trainer.global_step}: lower the "
+                "learning rate(s) or check the input images (resume from a step checkpoint, see StepCheckpoint)."
+            )
+            raise BadInputError(msg)
+
+
+def _check_finite_images(batch: Any) -> None:
+    images = getattr(batch, "image", None)
+    if not isinstance(images, torch.Tensor) or bool(torch.isfinite(images).all()):
+        return
+    bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    paths = getattr(batch, "image_path", None)
+    names = [str(paths[i]) for i in bad[:3]] if isinstance(paths, list | tuple) else []
+    msg = (
+        f"{len(bad)} training image(s) hold NaN/inf values{' (' + ', '.join(names) + ')' if names else ''}: "
+        "check those files and the datamodule's augmentations."
+    )
+    raise BadInputError(msg)
 
 
 def model_callbacks(existing: Sequence[Callback] | Callback) -> list[Callback]:

@@ -58,6 +58,9 @@ class Probe(Callback):
             "rng": self.rng,
             "first_draws": self.first_draws,
             "test_paths": self.test_paths,
+            "trained": _fingerprint(
+                torch.cat([p.detach().flatten().cpu() for p in pl_module.parameters() if p.requires_grad])
+            ),
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

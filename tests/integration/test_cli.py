@@ -15,6 +15,7 @@ import pytest
 import torch
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
+SRC = Path(__file__).resolve().parents[2] / "src"  # this checkout's package, before any installed copy
 TINY = [
     "--model.backbone", "tf_efficientnet_lite0.pypi",
     "--model.layers", "[blocks.2, blocks.4]",
@@ -23,8 +24,12 @@ TINY = [
 ]  # fmt: skip
 
 
+def _pythonpath() -> str:
+    return os.pathsep.join(part for part in (str(SRC), os.environ.get("PYTHONPATH", "")) if part)
+
+
 def _run(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath(), **(extra_env or {})}
     return subprocess.run(
         [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
     )
@@ -111,7 +116,7 @@ KILL_TOLERANCE = 1e-6  # every metric of the killed + resumed run vs. the uninte
 
 def _kill_after_step(args: list[str], cwd: Path, steps_dir: Path, step: int) -> None:
     """Start ``anomalib`` and SIGKILL it as soon as its step checkpoint ``step`` (or a later one) exists."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
     process = subprocess.Popen(
         [str(ANOMALIB), *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

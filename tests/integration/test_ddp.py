@@ -41,7 +41,8 @@ def odd_root(demo_root, tmp_path_factory) -> Path:
 
 
 def _train(root: Path, out: Path, devices: int, batch: int, model: str = "CRAS", *extra: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    pythonpath = os.pathsep.join(part for part in (str(SRC), os.environ.get("PYTHONPATH", "")) if part)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath}
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [sys.executable, str(SCRIPT), "--root", str(root), "--out", str(out), "--model", model]
     command += ["--devices", str(devices), "--batch", str(batch), "--epochs", str(EPOCHS), *extra]
@@ -69,6 +70,11 @@ def test_every_test_image_is_scored_exactly_once(runs, odd_root):
     assert double["counts"] == expected, "the per-category evaluator counts over all ranks"
     scored = [path for rank in double["ranks"] for path in rank["test_paths"]]
     assert len(scored) == len(set(scored)) == double["test_size"] == 19
+
+
+def test_ranks_end_with_identical_weights(runs):
+    _, _, double = runs
+    assert double["ranks"][0]["trained"] == double["ranks"][1]["trained"], "gradients are averaged over ranks"
 
 
 def test_random_streams_differ_per_rank(runs):

@@ -181,11 +181,22 @@ def test_image_check_cost_on_real_data(real_data_root):
 
 
 # ---------------------------------------------------------------------------------------------- in training
-class _PoisonBatches(Callback):
-    """Turns the training images into NaN, as a corrupt input pipeline or an exploding step would."""
+class _PoisonImages(Callback):
+    """Turns the training images into NaN, as a broken augmentation would."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         batch.image.fill_(float("nan"))
+
+
+class _Diverge(Callback):
+    """After the first step, sets the trainable weights to NaN, as a diverging optimisation would."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            with torch.no_grad():
+                for parameter in pl_module.parameters():
+                    if parameter.requires_grad:
+                        parameter.fill_(float("nan"))
 
 
 def _engine(work: Path, callbacks: list | None = None) -> Engine:
@@ -200,11 +211,12 @@ def _engine(work: Path, callbacks: list | None = None) -> Engine:
     )
 
 
+@pytest.mark.parametrize("fault", [_PoisonImages, _Diverge])
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
-def test_nan_loss_stops_training_with_one_line(name, tmp_path, demo_root):
+def test_nan_loss_stops_training_with_one_line(name, fault, tmp_path, demo_root):
     seed_everything(0)
-    datamodule = MVTecFolder(root=demo_root, categories=["disc"], num_workers=0, train_batch_size=8)
-    engine = _engine(tmp_path, [_PoisonBatches()])
+    datamodule = MVTecFolder(root=demo_root, categories=["disc"], num_workers=0, train_batch_size=4)
+    engine = _engine(tmp_path, [fault()])
     with pytest.raises(AnomalibRepairError) as error:
         engine.fit(model=TINY_MODELS[name](visualizer=False), datamodule=datamodule)
     assert_one_line(error, "NaN")
