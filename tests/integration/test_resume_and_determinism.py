@@ -73,8 +73,10 @@ def _run(name: str, root: Path, work: Path, callbacks: list[Callback], ckpt_path
         callbacks=callbacks,
     )
     datamodule = _datamodule(root)
+    if ckpt_path is not None:  # as `anomalib train --ckpt_path`: resume the fit, then test (given the same path)
+        return engine.train(model=model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
     try:
-        engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        engine.fit(model=model, datamodule=datamodule)
     except KilledError:
         return {}
     return engine.test(model=model, datamodule=datamodule, verbose=False)[0]

@@ -14,6 +14,7 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
@@ -31,6 +33,8 @@ from anomalib_repair.data.category import CategoryIndex, category_index_for
 from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.evaluation import PerCategoryEvaluator
 from anomalib_repair.visualization import CategoryImageVisualizer
+
+logger = logging.getLogger(__name__)
 
 
 def build_pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
@@ -83,6 +87,34 @@ class RepairModuleMixin:
         if not restoring:
             load_backbone_weights(self)  # type: ignore[arg-type]
         super().setup(stage)  # type: ignore[misc]
+
+    def on_fit_end(self) -> None:
+        """Remember the checkpoint this fit resumed from (see :meth:`on_load_checkpoint`)."""
+        trainer = getattr(self, "_trainer", None)
+        ckpt_path = getattr(trainer, "ckpt_path", None)
+        self._resumed_fit_from = str(ckpt_path) if ckpt_path else None
+        super().on_fit_end()  # type: ignore[misc]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the just-trained weights when a resumed fit is followed by a test of the resume checkpoint.
+
+        ``anomalib train --ckpt_path X`` resumes the fit from ``X`` and then tests with ``ckpt_path=X``, which
+        would load the stale weights (and post-processing statistics) of ``X`` over the model just trained and
+        report their metrics.
+        """
+        trainer = getattr(self, "_trainer", None)
+        resumed = getattr(self, "_resumed_fit_from", None)
+        if (
+            resumed is not None
+            and trainer is not None
+            and trainer.state.fn == TrainerFn.TESTING
+            and str(trainer.ckpt_path) == resumed
+        ):
+            logger.info("Testing the model just trained, not the checkpoint %s its training resumed from.", resumed)
+            checkpoint["state_dict"] = dict(self.state_dict())  # type: ignore[attr-defined]
+            checkpoint.pop("callbacks", None)  # the post-processor's stale normalisation statistics too
+            self._resumed_fit_from = None
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
     def current_category_index(self) -> CategoryIndex:
         """Category index of the trainer's datamodule (one category for anomalib's own datamodules)."""
