@@ -28,13 +28,27 @@ class BadInputError(AnomalibRepairError, ValueError):
     """An input file or option that cannot be used as it is."""
 
 
+def one_line(error: BaseException) -> str:
+    """The one-line message of an error.
+
+    A data loader worker re-raises its error with the worker's traceback in the message; the original message is
+    then the traceback's last line (``package.Class: message``), returned without the class prefix.
+    """
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    last = lines[-1]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last.removeprefix(prefix).removeprefix(f"{type(error).__qualname__}: ")
+
+
 def _one_line_hook(previous: object) -> object:
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, AnomalibRepairError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None and os.environ.get("ANOMALIB_REPAIR_TRACEBACK", "0") in {"0", ""}:
-            sys.stderr.write(f"error: {cause}\n")
+            sys.stderr.write(f"error: {one_line(cause)}\n")
             return
         previous(kind, error, traceback)  # type: ignore[operator]
 

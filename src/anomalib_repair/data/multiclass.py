@@ -17,12 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.data.utils import TestSplitMode, ValSplitMode
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from anomalib_repair.data.category import CategoryIndex
-from anomalib_repair.errors import DatasetNotFoundError, UnknownCategoryError
+from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
+from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
+from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_mode: As in anomalib; the default takes validation = test (thresholds need anomalies).
         val_split_ratio: As in anomalib.
         seed: Seed for the splits.
+        verify_images: Open and ``verify()`` every image and mask at set-up (about 0.3 ms a file) so that a
+            truncated file or a mask of the wrong size fails at once, in one line naming the file.
 
     Example:
         >>> datamodule = MultiClassDataModule("anomalib.data.MVTecAD", root="./datasets/MVTecAD",
@@ -88,6 +94,7 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        verify_images: bool = True,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -118,6 +125,8 @@ class MultiClassDataModule(AnomalibDataModule):
             self._check_known(self.requested_categories, self._known_categories)
         self.category = self._category_label()
         self.category_index: CategoryIndex | None = None
+        self.verify_images = verify_images
+        self._verified: set[str] = set()
 
     # ------------------------------------------------------------------ categories
     @property
@@ -180,6 +189,10 @@ class MultiClassDataModule(AnomalibDataModule):
             **self.category_kwargs,
         )
 
+    @property
+    def _mvtec_layout(self) -> bool:
+        return self.datamodule_class.__name__ == "MVTecAD"
+
     def _raise_missing_root(self) -> None:
         msg = f"{self.dataset_name} dataset root not found: {self.root}. {self.download_hint}".strip()
         raise DatasetNotFoundError(msg)
@@ -208,8 +221,12 @@ class MultiClassDataModule(AnomalibDataModule):
         path_to_category: dict[str, str] = {}
         for category in self.categories:
             datamodule = self._category_datamodule(category)
+            if self._mvtec_layout:
+                check_mvtec_layout(self.root / category)
             try:
                 datamodule._setup()  # noqa: SLF001 - anomalib's documented per-subclass hook
+            except BadInputError:
+                raise
             except (FileNotFoundError, RuntimeError, ValueError) as error:
                 detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
                 msg = (
@@ -228,8 +245,11 @@ class MultiClassDataModule(AnomalibDataModule):
                 path_to_category.update(dict.fromkeys(dataset.samples["image_path"].astype(str), category))
             train_sets.append(train)
             test_sets.append(test)
-        self.train_data = _concatenate(train_sets)
-        self.test_data = _concatenate(test_sets)
+        self.train_data = with_checked_items(_concatenate(train_sets))
+        self.test_data = with_checked_items(_concatenate(test_sets))
+        if self.verify_images:
+            for dataset in (self.train_data, self.test_data):
+                verify_samples(dataset.samples, self._verified)
         self.category_index = CategoryIndex(self.categories, path_to_category)
         logger.info(
             "%s: %d categories, %d training and %d test images.",
@@ -238,6 +258,44 @@ class MultiClassDataModule(AnomalibDataModule):
             len(self.train_data),
             len(self.test_data),
         )
+
+    # ------------------------------------------------------------------ data loaders
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled per epoch from the seed, resumable mid-epoch, one shard per process under DDP.
+
+        The loaders have their own generators: starting an epoch draws nothing from the global random stream,
+        which the models' synthetic anomalies use (so a resumed run continues that stream exactly).
+        """
+        sampler = ResumableSampler.for_trainer(
+            self.train_data, getattr(self, "trainer", None), self.train_batch_size, seed=self.seed
+        )
+        return DataLoader(
+            dataset=self.train_data,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch),
+            batch_size=self.train_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or self.train_data.collate_fn,
+        )
+
+    def _eval_dataloader(self, dataset: Any) -> DataLoader:
+        return DataLoader(
+            dataset=dataset,
+            sampler=shard_sampler(dataset, getattr(self, "trainer", None)),
+            shuffle=False,
+            generator=torch.Generator().manual_seed(0),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or dataset.collate_fn,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation images in order; under DDP each process gets its share, every image exactly once."""
+        return self._eval_dataloader(self.val_data)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test images in order; under DDP each process gets its share, every image exactly once."""
+        return self._eval_dataloader(self.test_data)
 
 
 def _concatenate(datasets: list[Any]) -> Any:
@@ -267,6 +325,8 @@ _SHARED_DOC = """
         val_split_mode: As in anomalib.
         val_split_ratio: As in anomalib.
         seed: Seed for the splits.
+        category_kwargs: Extra arguments for every per-category anomalib datamodule.
+        verify_images: Open and ``verify()`` every image and mask at set-up so that a bad file fails at once.
 """
 
 
@@ -294,6 +354,7 @@ class _NamedMultiClass(MultiClassDataModule):
         val_split_ratio: float = 0.5,
         seed: int | None = None,
         category_kwargs: dict[str, Any] | None = None,
+        verify_images: bool = True,
     ) -> None:
         super().__init__(
             datamodule_class=self.anomalib_class,
@@ -315,6 +376,7 @@ class _NamedMultiClass(MultiClassDataModule):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            verify_images=verify_images,
         )
 
 

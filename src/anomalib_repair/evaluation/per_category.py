@@ -25,6 +25,7 @@ from anomalib.metrics import Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+from torch.utils.data import DistributedSampler
 from torchmetrics import Metric
 
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
@@ -88,6 +89,8 @@ class PerCategoryEvaluator(Evaluator):
         self.category_metrics = nn.ModuleDict()
         self.category_counts = nn.ModuleDict()
         self.last_results: ResultsTable | None = None
+        self.last_counts: dict[str, int] = {}
+        self._unpadded_left: int | None = None
         # The per-category metrics are rebuilt for every run's categories: keep them out of checkpoints.
         self._register_state_dict_hook(_drop_metric_state)
         self._register_load_state_dict_pre_hook(_ignore_metric_state)
@@ -121,6 +124,11 @@ class PerCategoryEvaluator(Evaluator):
         self.category_counts = nn.ModuleDict({module_key(name): LabelCounts() for name in index.names})
 
     # ------------------------------------------------------------------ update
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Under DDP with a padding sampler, note how many of this rank's samples are real (not repeats)."""
+        del pl_module
+        self._unpadded_left = unpadded_samples(trainer)
+
     def on_test_batch_end(
         self,
         trainer: Trainer,
@@ -130,8 +138,16 @@ class PerCategoryEvaluator(Evaluator):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Route every sample of the batch to its category's metrics."""
+        """Route every sample of the batch to its category's metrics (padding repeats of DDP left out)."""
         del trainer, pl_module, outputs, batch_idx, dataloader_idx
+        if self._unpadded_left is not None:
+            size = int(batch.pred_score.shape[0])
+            keep = min(size, self._unpadded_left)
+            self._unpadded_left -= keep
+            if keep < size:
+                batch = _head(batch, keep)
+                if keep == 0:
+                    return
         self.update(batch)
 
     def update(self, batch: Any) -> None:
@@ -175,10 +191,12 @@ class PerCategoryEvaluator(Evaluator):
     def compute(self) -> ResultsTable:
         """Compute every metric for every category and the mean over categories (NaN where undefined)."""
         rows: dict[str, dict[str, float]] = {}
+        self.last_counts = {}
         for name in self.category_index.names:
             key = module_key(name)
             counts = cast(LabelCounts, self.category_counts[key])
-            images, anomalous, pixels, anomalous_pixels = counts.compute().tolist()
+            images, anomalous, pixels, anomalous_pixels = counts.compute().tolist()  # summed over DDP ranks
+            self.last_counts[name] = int(images)
             if images == 0:
                 continue
             image_defined = 0 < anomalous < images
@@ -216,6 +234,37 @@ class PerCategoryEvaluator(Evaluator):
         folder.mkdir(parents=True, exist_ok=True)
         table.write(folder / "per_category_metrics")
         print(f"\nPer-category results ({folder / 'per_category_metrics.csv'}):\n{table.to_markdown()}\n")  # noqa: T201
+
+
+def unpadded_samples(trainer: Trainer) -> int | None:
+    """This rank's number of real test samples when Lightning's padding ``DistributedSampler`` feeds the test.
+
+    ``DistributedSampler`` (which Lightning puts in any test loader without a distributed sampler) repeats the
+    first samples to give every rank as many: without shuffling, the repeats are the last samples of the ranks
+    after ``len(dataset) % world_size``. Returns ``None`` when nothing is padded (one process, our datamodules'
+    :class:`~anomalib_repair.data.sampling.ShardSampler`, a size divisible by the world size).
+    """
+    if trainer.world_size <= 1:
+        return None
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    size = len(sampler.dataset)  # type: ignore[arg-type]
+    if sampler.total_size <= size or len(sampler) <= len(range(sampler.rank, size, sampler.num_replicas)):
+        return None
+    if sampler.shuffle:
+        logger.warning("The shuffled, padded test sampler repeats some test images: metrics count them twice.")
+        return None
+    return len(range(sampler.rank, size, sampler.num_replicas))
+
+
+def _head(batch: Any, count: int) -> Any:
+    """The first ``count`` samples of an anomalib batch (the fields the evaluator reads)."""
+    fields = ("pred_score", "gt_label", "anomaly_map", "gt_mask", "image_path")
+    values = {name: getattr(batch, name, None) for name in fields}
+    return SimpleNamespace(**{name: None if value is None else value[:count] for name, value in values.items()})
 
 
 def _metrics(metrics: nn.Module) -> list[Metric]:

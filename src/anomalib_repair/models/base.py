@@ -7,12 +7,15 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 - the per-category evaluator (:class:`~anomalib_repair.evaluation.PerCategoryEvaluator`) as default evaluator;
 - backbone weights resolved when ``fit``/``test``/``predict`` starts (never at construction), skipped when a
   checkpoint is being restored (the checkpoint carries them);
-- the category index of the running datamodule (:mod:`anomalib_repair.data.category`).
+- the category index of the running datamodule (:mod:`anomalib_repair.data.category`);
+- interruption safety (:mod:`anomalib_repair.callbacks`): atomic checkpoint files, per-rank random streams under
+  DDP and random states saved in checkpoints (the :class:`~anomalib_repair.callbacks.TrainingState` callback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +23,23 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.pre_processing import PreProcessor
+from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
+from anomalib_repair.callbacks import install_atomic_checkpoint_io, model_callbacks
 from anomalib_repair.components.backbone import backbone_normalization, load_backbone_weights
 from anomalib_repair.data.category import CategoryIndex, category_index_for
+from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.evaluation import PerCategoryEvaluator
 from anomalib_repair.visualization import CategoryImageVisualizer
 
 # torch's ONNX exporter implements opset >= 18 only; anomalib asks for 14, and the down-conversion fails on
 # Resize/Pad with a logged traceback (the file then stays at 18 anyway). Exporting at 18 directly is clean.
 ONNX_OPSET = 18
+
+logger = logging.getLogger(__name__)
 
 
 def build_pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
@@ -65,9 +75,19 @@ class RepairModuleMixin:
         """Anomalib's image visualizer, saving pictures under one folder per category."""
         return CategoryImageVisualizer()
 
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """Anomalib's component callbacks plus :class:`~anomalib_repair.callbacks.TrainingState`."""
+        return model_callbacks(super().configure_callbacks())  # type: ignore[misc]
+
     def setup(self, stage: str) -> None:
-        """Resolve the backbone's pretrained weights unless a checkpoint is about to restore them."""
+        """Resolve the backbone's pretrained weights unless a checkpoint is about to restore them.
+
+        Also makes the trainer write checkpoint files atomically
+        (:class:`~anomalib_repair.callbacks.AtomicCheckpointIO`).
+        """
         trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            install_atomic_checkpoint_io(trainer)
         restoring = trainer is not None and trainer.ckpt_path is not None
         if not restoring:
             load_backbone_weights(self)  # type: ignore[arg-type]
@@ -84,6 +104,34 @@ class RepairModuleMixin:
         kwargs.setdefault("opset_version", ONNX_OPSET)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)  # type: ignore[misc]
 
+    def on_fit_end(self) -> None:
+        """Remember the checkpoint this fit resumed from (see :meth:`on_load_checkpoint`)."""
+        trainer = getattr(self, "_trainer", None)
+        ckpt_path = getattr(trainer, "ckpt_path", None)
+        self._resumed_fit_from = str(ckpt_path) if ckpt_path else None
+        super().on_fit_end()  # type: ignore[misc]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the just-trained weights when a resumed fit is followed by a test of the resume checkpoint.
+
+        ``anomalib train --ckpt_path X`` resumes the fit from ``X`` and then tests with ``ckpt_path=X``, which
+        would load the stale weights (and post-processing statistics) of ``X`` over the model just trained and
+        report their metrics.
+        """
+        trainer = getattr(self, "_trainer", None)
+        resumed = getattr(self, "_resumed_fit_from", None)
+        if (
+            resumed is not None
+            and trainer is not None
+            and trainer.state.fn == TrainerFn.TESTING
+            and str(trainer.ckpt_path) == resumed
+        ):
+            logger.info("Testing the model just trained, not the checkpoint %s its training resumed from.", resumed)
+            checkpoint["state_dict"] = dict(self.state_dict())  # type: ignore[attr-defined]
+            checkpoint.pop("callbacks", None)  # the post-processor's stale normalisation statistics too
+            self._resumed_fit_from = None
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
     def current_category_index(self) -> CategoryIndex:
         """Category index of the trainer's datamodule (one category for anomalib's own datamodules)."""
         trainer = getattr(self, "_trainer", None)
@@ -92,14 +140,25 @@ class RepairModuleMixin:
     def iterate_training_images(self) -> Iterator[tuple[torch.Tensor, Any]]:
         """Yield ``(pre-processed images on the model's device, batch)`` over this rank's training data once.
 
-        Used by models that need a pass over the data before training (e.g. CRAS's class centers). Uses the
-        trainer's own training dataloader, so under DDP each rank sees its own shard.
+        Used by models that need a pass over the data before training (e.g. CRAS's class centers). Goes over the
+        training dataset in order with the training loader's batch size, workers and collate function; under DDP
+        each rank sees its own shard and every image is seen exactly once over all ranks (no padding repeats), so
+        sums reduced over ranks equal the one-process sums.
         """
         trainer = self.trainer  # type: ignore[attr-defined]
         loader = trainer.train_dataloader
         if loader is None:
             trainer.fit_loop.setup_data()
             loader = trainer.train_dataloader
+        if isinstance(loader, DataLoader) and loader.batch_size is not None:
+            loader = DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=shard_sampler(loader.dataset, trainer),
+                shuffle=False,
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+            )
         pre_processor = getattr(self, "pre_processor", None)
         for batch in loader:
             images = batch.image.to(self.device)  # type: ignore[attr-defined]

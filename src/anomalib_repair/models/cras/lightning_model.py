@@ -250,6 +250,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         matched = centers.flatten(0, 1)
         fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
         scores = self.model.score(torch.cat([real, fake]), torch.cat([matched, matched]))
+        if not torch.isfinite(scores).all():  # the loss would fail inside binary cross-entropy, deep down
+            msg = "CRAS scores are not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
+            raise BadInputError(msg)
         loss = self.loss(scores[: len(real)], scores[len(real) :])
         if not torch.isfinite(loss):
             msg = "CRAS loss is not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
