@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CRAS",
-    "MFRNet",
     "MPDD",
     "AnomalibRepairError",
+    "MFRNet",
     "MVTec",
     "MVTecFolder",
     "MultiClassDataModule",

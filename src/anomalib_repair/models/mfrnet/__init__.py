@@ -5,4 +5,4 @@ from anomalib_repair.models.mfrnet.loss import HybridLoss
 from anomalib_repair.models.mfrnet.masks import CrossedMaskGenerator
 from anomalib_repair.models.mfrnet.torch_model import MfrnetModel
 
-__all__ = ["MFRNet", "CrossedMaskGenerator", "HybridLoss", "MfrnetModel"]
+__all__ = ["CrossedMaskGenerator", "HybridLoss", "MFRNet", "MfrnetModel"]
