@@ -213,3 +213,14 @@ def test_training_loss_backpropagates_into_the_restoration_only():
     assert loss.item() > 0
     assert model.restoration.mask_token.grad is not None
     assert all(p.grad is None for p in model.aggregator.parameters())
+
+
+def test_one_mask_training_counts_only_the_hidden_cells():
+    model = _small_model(train_masks="one")
+    generator = torch.Generator().manual_seed(0)
+    loss = model.training_loss(torch.rand(2, 3, 96, 96), generator=generator)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert model.restoration.mask_token.grad is not None
+    with pytest.raises(BadInputError, match="train_masks"):
+        _small_model(train_masks="half")

@@ -52,6 +52,8 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         ssim_weight: Weight of the ``1 − SSIM`` term.
         ssim_sigma: σ of the Gaussian SSIM window (window side ``2·⌊3.5σ + 0.5⌋ + 1``: 11 for σ = 1.5).
         ssim_data_range: SSIM data range of the (channel-normalised) feature maps.
+        train_masks: ``"all"`` (restore every training image under all ``n`` masks and score the combination, as
+            at test time) or ``"one"`` (one random mask per image, loss on its hidden cells; ``n`` times cheaper).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         image_size: Resize of the input images.
@@ -88,6 +90,7 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         ssim_weight: float = 1.0,
         ssim_sigma: float = 1.5,
         ssim_data_range: float = 6.0,
+        train_masks: str = "all",
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
         image_size: int = 256,
@@ -132,6 +135,7 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
                 ssim_data_range=ssim_data_range,
             ),
             sigma=sigma,
+            train_masks=train_masks,
         )
         self.lr = lr
         self.weight_decay = weight_decay

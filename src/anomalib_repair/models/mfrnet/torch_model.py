@@ -15,6 +15,8 @@ from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.mfrnet.loss import HybridLoss, ssim_window
 from anomalib_repair.models.mfrnet.masks import CrossedMaskGenerator
 
+TRAIN_MASKS = ("all", "one")
+
 
 class MultiScaleFeatureAggregator(nn.Module):
     """Frozen CNN features of several layers on one grid, concatenated.
@@ -176,6 +178,10 @@ class MfrnetModel(nn.Module):
         n: Number of complementary masks.
         loss: The hybrid loss whose per-position map is the anomaly score.
         sigma: Gaussian smoothing of the anomaly map.
+        train_masks: ``"all"``: every training image is restored under all ``n`` masks of a random set and the loss
+            is taken on the combined restoration, exactly the test-time statistic; ``"one"``: one random mask of
+            the set per image, the loss on its hidden cells only (the visible cells keep the true features inside
+            the SSIM windows); ``n`` times cheaper.
     """
 
     def __init__(
@@ -195,8 +201,13 @@ class MfrnetModel(nn.Module):
         n: int = 3,
         loss: HybridLoss | None = None,
         sigma: float = 4.0,
+        train_masks: str = "all",
     ) -> None:
         super().__init__()
+        if train_masks not in TRAIN_MASKS:
+            msg = f"train_masks must be one of {', '.join(TRAIN_MASKS)}, got '{train_masks}'."
+            raise BadInputError(msg)
+        self.train_masks = train_masks
         grid = (input_size[0] // feature_stride, input_size[1] // feature_stride)
         self.loss = loss if loss is not None else HybridLoss()
         window = ssim_window(self.loss.ssim_sigma)
@@ -231,10 +242,18 @@ class MfrnetModel(nn.Module):
         return (restored * masks).sum(dim=0)
 
     def training_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Hybrid loss of the combined restoration under a random complete set of masks per image."""
+        """Hybrid loss under a random complete set of masks per image (see ``train_masks``)."""
         features = self.aggregator(images)
-        masks = self.mask_generator.random_masks(features.shape[0], generator=generator)
-        return self.loss(self.restore(features, masks), features)
+        batch = features.shape[0]
+        masks = self.mask_generator.random_masks(batch, generator=generator)
+        if self.train_masks == "all":
+            return self.loss(self.restore(features, masks), features)
+        chosen = torch.randint(self.mask_generator.n, (batch,), device=features.device, generator=generator)
+        mask = masks[chosen, torch.arange(batch, device=features.device)]  # (B, 1, H, W)
+        restored = self.restoration(features, mask)
+        composite = mask * restored + (1.0 - mask) * features
+        per_cell = self.loss.score_map(composite, features)
+        return (per_cell * mask).sum() / mask.sum().clamp_min(1.0)
 
     def score_map(self, images: torch.Tensor) -> torch.Tensor:
         """Per-cell hybrid loss ``(B, 1, H, W)`` under the fixed test masks (deterministic)."""
