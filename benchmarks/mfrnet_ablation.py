@@ -2,7 +2,7 @@
 
 Every variant is the reduced CPU recipe (configs/mfrnet/cpu_reduced.yaml: EfficientNet-Lite0, 128 px, 64-d
 restoration network with 2 hybrid blocks, k = 2, n = 3, L2 + (1 − SSIM)) with one argument changed, trained with
-seed 0 for a few epochs on an evenly spaced subset of ``--root`` (symbolic links) and tested on a subset of its
+seed 0 for a few epochs on an evenly spaced subset of ``--root`` (copies) and tested on a subset of its
 test images. The numbers compare variants with each other; they are not the full-data result.
 
     PYTHONPATH=src python benchmarks/mfrnet_ablation.py --output benchmarks/results/mfrnet_ablation
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def make_subset(real: Path, destination: Path, train: int, per_defect: int, good: int) -> Path:
-    """Evenly spaced images of every category/group of ``real`` (and their masks), as symbolic links."""
+    """Evenly spaced images of every category/group of ``real`` (and their masks), copied."""
     for category in sorted(p for p in real.iterdir() if p.is_dir()):
         groups = [("train", "good", train)]
         groups += [
@@ -62,12 +63,12 @@ def make_subset(real: Path, destination: Path, train: int, per_defect: int, good
             for file in picked:
                 target = destination / category.name / split / group / file.name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(file)
+                shutil.copyfile(file, target)
                 mask = category / "ground_truth" / group / f"{file.stem}_mask.png"
                 if split == "test" and mask.exists():
                     link = destination / category.name / "ground_truth" / group / mask.name
                     link.parent.mkdir(parents=True, exist_ok=True)
-                    link.symlink_to(mask)
+                    shutil.copyfile(mask, link)
     return destination
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,25 +40,25 @@ def _engine(tmp_path: Path, epochs: int) -> Engine:
     )
 
 
-def _subset(real: Path, destination: Path, train_per_category: int, test_per_defect: int, test_good: int) -> Path:
-    """A smaller MVTec-layout copy of the real data made of symbolic links (evenly spaced, deterministic)."""
+def _subset(real: Path, destination: Path, train: int, per_defect: int, good: int) -> Path:
+    """A smaller MVTec-layout copy of the real data: evenly spaced images of every group, with their masks.
+
+    Copies, not links: anomalib drops files that resolve outside the dataset root.
+    """
     for category in sorted(p for p in real.iterdir() if p.is_dir()):
-        groups = [("train/good", train_per_category)]
-        groups += [
-            (f"test/{d.name}", test_good if d.name == "good" else test_per_defect)
-            for d in sorted((category / "test").iterdir())
-        ]
-        for group, count in groups:
-            files = sorted((category / group).glob("*.png"))
-            picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
-            target = destination / category.name / group
-            target.mkdir(parents=True, exist_ok=True)
-            for file in picked:
-                (target / file.name).symlink_to(file)
-                mask = category / "ground_truth" / group.split("/")[1] / f"{file.stem}_mask.png"
-                if group.startswith("test/") and mask.exists():
-                    (destination / category.name / "ground_truth" / mask.parent.name).mkdir(parents=True, exist_ok=True)
-                    (destination / category.name / "ground_truth" / mask.parent.name / mask.name).symlink_to(mask)
+        groups = [("train", "good", train)]
+        groups += [("test", d.name, good if d.name == "good" else per_defect) for d in (category / "test").iterdir()]
+        for split, group, count in groups:
+            files = sorted((category / split / group).glob("*.png"))
+            for index in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int):
+                file = files[index]
+                target = destination / category.name / split / group / file.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+                mask = category / "ground_truth" / group / f"{file.stem}_mask.png"
+                if split == "test" and mask.exists():
+                    (destination / category.name / "ground_truth" / group).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(mask, destination / category.name / "ground_truth" / group / mask.name)
     return destination
 
 
@@ -65,7 +66,7 @@ def _subset(real: Path, destination: Path, train_per_category: int, test_per_def
 def test_unified_training_on_real_data_beats_chance(tmp_path, real_data_root):
     """hazelnut_toy + magnetic_tile in one model (a subset, 128 px): I-AUROC ≥ 0.7 and P-AUROC ≥ 0.75 (chance 0.5)."""
     seed_everything(0)
-    root = _subset(real_data_root, tmp_path / "data", train_per_category=64, test_per_defect=6, test_good=12)
+    root = _subset(real_data_root, tmp_path / "data", train=64, per_defect=6, good=12)
     datamodule = MVTecFolder(root=root, train_batch_size=16, eval_batch_size=32, num_workers=0)
     model = MFRNet(**REDUCED, image_size=128, visualizer=False)
     engine = _engine(tmp_path, epochs=4)
