@@ -31,9 +31,28 @@ def tiny_cras(**overrides: Any) -> AnomalibModule:
     return CRAS(**kwargs)
 
 
+def tiny_mfrnet(**overrides: Any) -> AnomalibModule:
+    """MFRNet with Lite0, 64 px (an 8 x 8 feature grid) and a 32-d, one-block restoration network."""
+    from anomalib_repair import MFRNet
+
+    kwargs: dict[str, Any] = {
+        "backbone": "tf_efficientnet_lite0.pypi",
+        "layers": ["blocks.1", "blocks.2", "blocks.4"],
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 4,
+        "mlp_ratio": 2.0,
+        "lr": 1e-3,
+        "image_size": IMAGE_SIZE,
+    }
+    kwargs.update(overrides)
+    return MFRNet(**kwargs)
+
+
 # name -> (builder, CLI init_args as strings for `--model.<key> <value>`)
 TINY_MODELS: dict[str, Callable[..., AnomalibModule]] = {
     "CRAS": tiny_cras,
+    "MFRNet": tiny_mfrnet,
 }
 
 TINY_CLI_ARGS: dict[str, list[str]] = {
@@ -44,5 +63,15 @@ TINY_CLI_ARGS: dict[str, list[str]] = {
         "--model.noise_std=1.0",
         f"--model.image_size={IMAGE_SIZE}",
         f"--model.crop_size={IMAGE_SIZE}",
+    ],
+    "MFRNet": [
+        "--model.backbone=tf_efficientnet_lite0.pypi",
+        "--model.layers=[blocks.1,blocks.2,blocks.4]",
+        "--model.embed_dim=32",
+        "--model.depth=1",
+        "--model.num_heads=4",
+        "--model.mlp_ratio=2.0",
+        "--model.lr=0.001",
+        f"--model.image_size={IMAGE_SIZE}",
     ],
 }

@@ -1,0 +1,141 @@
+"""Short MFRNet trainings: unified multi-class on real and generated data, single category, checkpoint, export."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_repair import MFRNet, MVTecFolder
+
+# Reduced CPU recipe (configs/mfrnet/cpu_reduced.yaml): offline EfficientNet-Lite0, narrow restoration network.
+REDUCED = {
+    "backbone": "tf_efficientnet_lite0.pypi",
+    "layers": ["blocks.1", "blocks.2", "blocks.4"],
+    "embed_dim": 128,
+    "depth": 2,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+    "train_masks": "one",
+    "lr": 1e-3,
+}
+
+
+def _engine(tmp_path: Path, epochs: int) -> Engine:
+    return Engine(
+        max_epochs=epochs,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=epochs,
+    )
+
+
+def _subset(real: Path, destination: Path, train: int, per_defect: int, good: int) -> Path:
+    """A smaller MVTec-layout copy of the real data: evenly spaced images of every group, with their masks.
+
+    Copies, not links: anomalib drops files that resolve outside the dataset root.
+    """
+    for category in sorted(p for p in real.iterdir() if p.is_dir()):
+        groups = [("train", "good", train)]
+        groups += [("test", d.name, good if d.name == "good" else per_defect) for d in (category / "test").iterdir()]
+        for split, group, count in groups:
+            files = sorted((category / split / group).glob("*.png"))
+            for index in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int):
+                file = files[index]
+                target = destination / category.name / split / group / file.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+                mask = category / "ground_truth" / group / f"{file.stem}_mask.png"
+                if split == "test" and mask.exists():
+                    (destination / category.name / "ground_truth" / group).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(mask, destination / category.name / "ground_truth" / group / mask.name)
+    return destination
+
+
+@pytest.mark.real_data
+def test_unified_training_on_real_data_beats_chance(tmp_path, real_data_root):
+    """hazelnut_toy + magnetic_tile in one model (a subset, 128 px): I-AUROC ≥ 0.7 and P-AUROC ≥ 0.75 (chance 0.5)."""
+    seed_everything(0)
+    root = _subset(real_data_root, tmp_path / "data", train=64, per_defect=6, good=12)
+    datamodule = MVTecFolder(root=root, train_batch_size=16, eval_batch_size=32, num_workers=0)
+    model = MFRNet(**REDUCED, image_size=128, visualizer=False)
+    engine = _engine(tmp_path, epochs=4)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    print({key: round(value, 3) for key, value in results.items() if "AUROC" in key})  # shown with pytest -s
+    for key in ("image_AUROC/hazelnut_toy", "image_AUROC/magnetic_tile", "pixel_AUROC", "pixel_AUPRO"):
+        assert not math.isnan(results[key]), key
+    assert results["image_AUROC"] >= 0.7, results
+    assert results["pixel_AUROC"] >= 0.75, results
+
+
+def test_unified_training_on_generated_data_runs_and_reloads_identically(tmp_path, demo_root):
+    seed_everything(0)
+    datamodule = MVTecFolder(root=demo_root, train_batch_size=8, eval_batch_size=16, num_workers=0)
+    model = MFRNet(**REDUCED, image_size=64, feature_stride=4, visualizer=False)
+    engine = _engine(tmp_path, epochs=2)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert not math.isnan(results["image_AUROC"]), results
+
+    checkpoint = tmp_path / "mfrnet.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    restored = MFRNet.load_from_checkpoint(checkpoint, **REDUCED, image_size=64, feature_stride=4)
+    assert bool(restored.model.aggregator.backbone.weights_loaded)
+    images = model.pre_processor.transform(torch.rand(4, 3, 64, 64))
+    model.eval()
+    restored.eval()
+    with torch.no_grad():
+        before, after = model.model(images), restored.model(images)
+    torch.testing.assert_close(before.pred_score, after.pred_score, rtol=0, atol=0)
+    torch.testing.assert_close(before.anomaly_map, after.anomaly_map, rtol=0, atol=0)
+
+
+def test_single_category_with_anomalibs_own_datamodule(tmp_path, demo_root):
+    seed_everything(0)
+    datamodule = MVTecAD(root=demo_root, category="disc", train_batch_size=8, eval_batch_size=16, num_workers=0)
+    model = MFRNet(**REDUCED, image_size=64, feature_stride=4, visualizer=False)
+    engine = _engine(tmp_path, epochs=2)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert not math.isnan(results["image_AUROC"]), results
+    assert not any("/" in key for key in results)  # one category: no per-category keys
+
+
+@pytest.mark.slow
+def test_eval_forward_exports_to_onnx_and_runs_in_openvino(tmp_path):
+    """The eval graph (fixed masks as a buffer, the n passes batched) exports and gives the same maps."""
+    openvino = pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    model = MFRNet(**REDUCED, image_size=64, feature_stride=4, pre_trained=False).model.eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            predictions = self.inner(images)
+            return predictions.pred_score, predictions.anomaly_map
+
+    images = torch.rand(2, 3, 64, 64)
+    path = tmp_path / "mfrnet.onnx"
+    torch.onnx.export(Outputs(), (images,), str(path), input_names=["image"], dynamo=True)
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU")
+    score, anomaly_map = compiled([images.numpy()]).values()
+    with torch.no_grad():
+        expected = model(images)
+    np.testing.assert_allclose(anomaly_map, expected.anomaly_map.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(score, expected.pred_score.numpy(), rtol=1e-3, atol=1e-4)
