@@ -224,3 +224,16 @@ def test_one_mask_training_counts_only_the_hidden_cells():
     assert model.restoration.mask_token.grad is not None
     with pytest.raises(BadInputError, match="train_masks"):
         _small_model(train_masks="half")
+
+
+def test_export_ssim_path_equals_the_training_path() -> None:
+    """While exporting, the SSIM map comes from kornia (dynamic batch); it must equal torchmetrics' map."""
+    loss = HybridLoss()
+    generator = torch.Generator().manual_seed(0)
+    restored = torch.randn(3, 8, 12, 12, generator=generator)
+    target = restored + 0.3 * torch.randn(3, 8, 12, 12, generator=generator)
+    torch.testing.assert_close(
+        loss._ssim_for_export(restored, target), loss.ssim_map(restored, target), atol=1e-5, rtol=0
+    )
+    with pytest.raises(BadInputError, match="ssim_sigma"):
+        HybridLoss(ssim_sigma=2.0)._ssim_for_export(restored, target)

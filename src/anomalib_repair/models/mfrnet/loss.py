@@ -7,11 +7,15 @@ the per-channel SSIM at every position; torchmetrics reflect-pads the borders, s
 
 from __future__ import annotations
 
+import kornia
 import torch
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from anomalib_repair.components.tracing import is_exporting
 from anomalib_repair.errors import BadInputError
+
+KORNIA_SSIM_SIGMA = 1.5
 
 PIXEL_LOSSES = ("l2", "l1")
 
@@ -61,6 +65,24 @@ class HybridLoss(nn.Module):
 
     def ssim_map(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel SSIM at every position, ``(B, C, H, W)``."""
+        if is_exporting():
+            return self._ssim_for_export(restored, target)
+        return self._ssim_full(restored, target)
+
+    def _ssim_for_export(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Kornia's SSIM map: the same Gaussian-window SSIM (equal to torchmetrics' within 2e-6, tested).
+
+        torchmetrics stacks the five SSIM moments on the batch axis and splits them by the batch size, which freezes
+        the batch size of an exported graph; kornia filters each moment separately. Its window has σ = 1.5.
+        """
+        if self.ssim_sigma != KORNIA_SSIM_SIGMA:
+            msg = f"Export needs ssim_sigma={KORNIA_SSIM_SIGMA} (kornia's fixed SSIM window), got {self.ssim_sigma}."
+            raise BadInputError(msg)
+        return kornia.metrics.ssim(
+            restored, target, ssim_window(self.ssim_sigma), max_val=self.ssim_data_range, padding="same"
+        )
+
+    def _ssim_full(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _, full = structural_similarity_index_measure(
             restored,
             target,
