@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import timm
 import torch
@@ -186,7 +186,8 @@ class FrozenBackbone(nn.Module):
         """Return the feature maps (CNN, ``(B, C, H, W)``) or token sequences (ViT, ``(B, P + N, C)``) of the taps."""
         if not self.tokens:
             return self.feature_extractor(images)
-        outputs = cast(nn.Module, self.feature_extractor).forward_intermediates(
+        forward_intermediates = cast(Any, self.feature_extractor).forward_intermediates
+        outputs = forward_intermediates(
             images,
             indices=self.out_indices,
             return_prefix_tokens=True,

@@ -1,5 +1,8 @@
-"""Anomaly synthesis, one place per kind: feature level (:mod:`.feature_noise`) and image level
-(:mod:`.anomaly_synthesis`: Perlin-shaped texture or self-shuffled patches inside an automatic foreground)."""
+"""Anomaly synthesis, one place per kind: feature level and image level.
+
+:mod:`.feature_noise`: distance-guided feature noise (CRAS). :mod:`.anomaly_synthesis`: Perlin-shaped texture or
+self-shuffled patches inside an automatic foreground (CRR).
+"""
 
 from anomalib_repair.data.synthesis.anomaly_synthesis import (
     AnomalySynthesizer,

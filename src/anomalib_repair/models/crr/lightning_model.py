@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from anomalib import LearningType
@@ -33,11 +33,9 @@ from anomalib_repair.data.synthesis import AnomalySynthesizer
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
-from anomalib_repair.models.crr.torch_model import CrrModel
+from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
 
 logger = logging.getLogger(__name__)
-
-DINOV2_TAPS = tuple(f"blocks.{index}" for index in range(2, 10))
 
 
 class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
@@ -212,7 +210,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             step = self.trainer.global_step if self._trainer is not None else 0
         return 1 if step < self.stage1_steps else 2
 
-    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+    def configure_optimizers(self) -> Any:
         """StableAdamW + warm-cosine schedule for stage I, Adam for stage II."""
         reconstruction = StableAdamW(
             self.model.reconstruction_modules.parameters(),
@@ -296,7 +294,11 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.gradient_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                cast(torch.optim.Optimizer, optimizer),
+                gradient_clip_val=self.gradient_clip,
+                gradient_clip_algorithm="norm",
+            )
         optimizer.step()
         scheduler.step()  # type: ignore[union-attr]
         return loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -14,6 +15,8 @@ from torch import nn
 
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.errors import BadInputError
+
+DINOV2_TAPS = tuple(f"blocks.{index}" for index in range(2, 10))
 
 
 # ---------------------------------------------------------------------------------------------- encoder
@@ -80,12 +83,13 @@ class TokenEncoder(nn.Module):
         height, width = self.grid((images.shape[-2], images.shape[-1]))
         tokens = []
         for index, feature in enumerate(features):
+            resized = feature
             if feature.shape[-2] > height:
-                feature = F.adaptive_avg_pool2d(feature, (height, width))
+                resized = F.adaptive_avg_pool2d(feature, (height, width))
             elif feature.shape[-2:] != (height, width):
-                feature = F.interpolate(feature, size=(height, width), mode="bilinear", align_corners=False)
+                resized = F.interpolate(feature, size=(height, width), mode="bilinear", align_corners=False)
             projection = getattr(self, f"projection_{index}")
-            tokens.append(feature.flatten(2).transpose(1, 2) @ projection.T)
+            tokens.append(resized.flatten(2).transpose(1, 2) @ projection.T)
         return tokens
 
 
@@ -245,7 +249,7 @@ class CrrModel(nn.Module):
     def __init__(
         self,
         backbone: str = "vit_base_patch14_reg4_dinov2.lvd142m",
-        layers: Sequence[str | int] = tuple(f"blocks.{index}" for index in range(2, 10)),
+        layers: Sequence[str | int] = DINOV2_TAPS,
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         embed_dim: int | None = None,
@@ -288,7 +292,8 @@ class CrrModel(nn.Module):
 
     def _default_heads(self, width: int) -> int:
         if self.encoder.tokens:
-            attention = getattr(self.encoder.backbone.feature_extractor.blocks[0], "attn", None)
+            blocks = cast(nn.Sequential, self.encoder.backbone.feature_extractor.blocks)
+            attention = getattr(blocks[0], "attn", None)
             return int(getattr(attention, "num_heads", max(1, width // 64)))
         return max(1, width // 32)
 
