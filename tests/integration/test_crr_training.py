@@ -124,22 +124,35 @@ def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
 
 @pytest.mark.real_data
 def test_unified_training_on_real_data_beats_chance(tmp_path, real_data_root):
-    """hazelnut_toy + magnetic_tile in one model at 96 px, both stages: mean I-AUROC and P-AUROC above chance."""
+    """hazelnut_toy + magnetic_tile in one model at 96 px, 30 + 10 steps (within one epoch, one validation pass).
+
+    Margin: mean I-AUROC >= 0.65 and P-AUROC >= 0.70 (chance 0.5); the reduced recipe measures 0.91 / 0.84.
+    """
     seed_everything(0)
     datamodule = MVTecFolder(root=real_data_root, train_batch_size=16, eval_batch_size=32, num_workers=0)
     model = CRR(
-        **{**TINY, "image_size": 96, "crop_size": 96, "embed_dim": 128, "num_heads": 4},
-        layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
-        token_stride=8,
-        decoder_depth=4,
-        stage1_steps=40,
+        **{
+            **TINY,
+            "layers": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
+            "image_size": 96,
+            "crop_size": 96,
+            "embed_dim": 128,
+            "num_heads": 4,
+            "hard_mining_ramp": 10,
+            "decoder_depth": 4,
+        },
+        token_stride=16,
+        seg_base_width=8,
+        texture_dir=str(real_data_root.parent / "textures"),
+        stage1_steps=30,
         stage2_steps=10,
     )
-    engine = _engine(tmp_path, max_epochs=100)
+    # Validation only feeds the min-max normalisation and thresholds (monotone: AUROCs unchanged): 2 batches suffice.
+    engine = _engine(tmp_path, max_epochs=100, limit_val_batches=2)
     engine.fit(model=model, datamodule=datamodule)
-    assert engine.trainer.global_step == 50
+    assert engine.trainer.global_step == 40
     results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     for key in ("image_AUROC/hazelnut_toy", "image_AUROC/magnetic_tile", "pixel_AUROC"):
         assert not math.isnan(results[key]), key
     assert results["image_AUROC"] >= 0.65, results
-    assert results["pixel_AUROC"] >= 0.75, results
+    assert results["pixel_AUROC"] >= 0.70, results
