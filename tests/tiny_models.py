@@ -49,10 +49,33 @@ def tiny_mfrnet(**overrides: Any) -> AnomalibModule:
     return MFRNet(**kwargs)
 
 
+def tiny_crr(**overrides: Any) -> AnomalibModule:
+    """CRR with Lite0 taps as tokens (64-d, 8x8 grid at 64 px), 2 decoder blocks, a few steps of both stages."""
+    from anomalib_repair import CRR
+
+    kwargs: dict[str, Any] = {
+        "backbone": "tf_efficientnet_lite0.pypi",
+        "layers": ["blocks.2", "blocks.4"],
+        "embed_dim": 64,
+        "decoder_depth": 2,
+        "seg_size": None,
+        "stage1_steps": 6,
+        "stage2_steps": 4,
+        "stage2_batch_size": 4,
+        "warmup_steps": 2,
+        "hard_mining_ramp": 4,
+        "image_size": IMAGE_SIZE,
+        "crop_size": IMAGE_SIZE,
+    }
+    kwargs.update(overrides)
+    return CRR(**kwargs)
+
+
 # name -> (builder, CLI init_args as strings for `--model.<key> <value>`)
 TINY_MODELS: dict[str, Callable[..., AnomalibModule]] = {
     "CRAS": tiny_cras,
     "MFRNet": tiny_mfrnet,
+    "CRR": tiny_crr,
 }
 
 TINY_CLI_ARGS: dict[str, list[str]] = {
@@ -73,5 +96,19 @@ TINY_CLI_ARGS: dict[str, list[str]] = {
         "--model.mlp_ratio=2.0",
         "--model.lr=0.001",
         f"--model.image_size={IMAGE_SIZE}",
+    ],
+    "CRR": [
+        "--model.backbone=tf_efficientnet_lite0.pypi",
+        "--model.layers=[blocks.2,blocks.4]",
+        "--model.embed_dim=64",
+        "--model.decoder_depth=2",
+        "--model.seg_size=null",
+        "--model.stage1_steps=6",
+        "--model.stage2_steps=4",
+        "--model.stage2_batch_size=4",
+        "--model.warmup_steps=2",
+        "--model.hard_mining_ramp=4",
+        f"--model.image_size={IMAGE_SIZE}",
+        f"--model.crop_size={IMAGE_SIZE}",
     ],
 }

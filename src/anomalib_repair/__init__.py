@@ -6,7 +6,7 @@ Importing the package makes its models and datamodules known to anomalib's CLI a
 from anomalib_repair.data import MPDD, MultiClassDataModule, MVTec, MVTecFolder, RealIAD, VisA
 from anomalib_repair.errors import AnomalibRepairError, install_excepthook
 from anomalib_repair.evaluation import PerCategoryEvaluator, PerCategoryPostProcessor
-from anomalib_repair.models import CRAS, MFRNet
+from anomalib_repair.models import CRAS, CRR, MFRNet
 
 install_excepthook()
 
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CRAS",
+    "CRR",
     "MPDD",
     "AnomalibRepairError",
     "MFRNet",

