@@ -89,13 +89,14 @@ def _source_line(path: Path) -> str:
     line = f"Recorded run: `{run.relative_to(ROOT)}/{path.name}`"
     meta = run / "results.json"
     if meta.exists():
-        environment = json.loads(meta.read_text()).get("environment", {})
+        recorded = json.loads(meta.read_text())
+        environment = recorded.get("environment") or recorded.get("meta") or {}
         command = environment.get("command")
         if command:
             command = command.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
             line += f", produced by `{command}`"
         if environment.get("date"):
-            line += f" on {environment['date'][:10]}"
+            line += f" on {str(environment['date'])[:10]}"
     return line + "."
 
 

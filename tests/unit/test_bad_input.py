@@ -235,3 +235,13 @@ def test_training_on_a_messy_folder_just_works(name, messy_root, tmp_path):
     assert model.evaluator.last_counts == {"disc": 10, "weave": 10}
     for key in ("image_AUROC", "pixel_AUROC"):
         assert 0.0 <= results[key] <= 1.0, (key, results[key])
+
+
+def test_empty_texture_folder_stops_training_with_one_line_naming_it(tmp_path, demo_root):
+    """CRR's anomaly synthesis with a texture folder that holds no images (the folder is read when fit starts)."""
+    empty = tmp_path / "textures"
+    empty.mkdir()
+    datamodule = MVTecFolder(root=demo_root, categories=["disc"], num_workers=0, train_batch_size=4)
+    with pytest.raises(BadInputError) as error:
+        _engine(tmp_path).fit(model=TINY_MODELS["CRR"](texture_dir=str(empty), visualizer=False), datamodule=datamodule)
+    assert_one_line(error, str(empty), "texture_dir=None")
