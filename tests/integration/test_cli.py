@@ -182,6 +182,9 @@ def test_cli_resolves_our_model_and_the_short_data_name(name, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"class_path: anomalib_repair.{name}" in result.stdout
     assert "class_path: anomalib_repair.MVTec\n" in result.stdout
+    helped = _run(["train", "--model", f"anomalib_repair.{name}", "--model.help", f"anomalib_repair.{name}"], tmp_path)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "--model.backbone" in helped.stdout and "--model.image_size" in helped.stdout
 
 
 def test_cli_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, demo_root):
