@@ -71,17 +71,19 @@ def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]], list[str] | None]
     return path, filters, columns
 
 
-def _cell(value: str) -> str:
-    """Numbers to 3 decimals below 10, 1 decimal below 100, whole above; text and integers unchanged."""
+def _cell(value: str, column: str) -> str:
+    """Metrics (``image_*``, ``pixel_*``) to 3 decimals; other numbers to 1 decimal, whole above 100; text as is."""
     try:
         number = float(value)
     except ValueError:
         return value
+    if column.startswith(("image_", "pixel_")):
+        return f"{number:.3f}"
+    if column.startswith("x_"):
+        return f"{number:.2f}"
     if number.is_integer() and "." not in value:
         return value
-    if abs(number) >= 100:
-        return f"{number:.0f}"
-    return f"{number:.1f}" if abs(number) >= 10 else f"{number:.3f}"
+    return f"{number:.0f}" if abs(number) >= 100 else f"{number:.1f}"
 
 
 def _source_line(path: Path) -> str:
@@ -122,7 +124,7 @@ def render(spec: str) -> str:
         "| " + " | ".join(LABELS.get(column, column) for column in shown) + " |",
         "|" + "|".join("---" for _ in shown) + "|",
     ]
-    lines += ["| " + " | ".join(_cell(row[column]) for column in shown) + " |" for row in selected]
+    lines += ["| " + " | ".join(_cell(row[column], column) for column in shown) + " |" for row in selected]
     return "\n".join(lines) + "\n\n" + _source_line(path) + "\n"
 
 
@@ -159,13 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         for path in stale:
             print(f"stale published numbers: {path.relative_to(ROOT)} (run `python benchmarks/published.py`)")
         return 1 if stale else 0
+    failed = 0
     for path in markdown_files():
         text = path.read_text()
-        rendered = render_markdown(text)
+        try:
+            rendered = render_markdown(text)
+        except PublishedError as error:
+            print(f"{path.relative_to(ROOT)}: {error}")
+            failed += 1
+            continue
         if rendered != text:
             path.write_text(rendered)
             print(f"updated {path.relative_to(ROOT)}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
