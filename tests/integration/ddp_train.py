@@ -4,6 +4,9 @@ Run as a script (Lightning's DDP launcher starts the other ranks by running this
 
     python tests/integration/ddp_train.py --root DATA --out OUT --devices 2 [--model CRAS] [--epochs 2]
 
+Also used for the real-kill test: ``--steps-every N`` writes step checkpoints to ``OUT/steps``, ``--ckpt-path``
+resumes from one.
+
 Writes ``OUT/rank<r>.json`` (per rank: the test image paths it scored, fingerprints of its random stream) and, on
 rank 0, ``OUT/result.json`` (metrics, the per-category evaluator's image counts) and ``OUT/state.pt`` (the
 model's state dict, e.g. CRAS's centers).
@@ -25,6 +28,7 @@ from lightning.pytorch import Callback, seed_everything
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tiny model registry
 
 from anomalib_repair import MVTecFolder
+from anomalib_repair.callbacks import StepCheckpoint
 from tiny_models import TINY_MODELS
 
 
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="per-process training batch size")
     parser.add_argument("--categories", default="disc,weave")
     parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--steps-every", type=int, default=0, help="StepCheckpoint interval into OUT/steps")
+    parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint")
     parser.add_argument("--anomalib-datamodule", action="store_true", help="anomalib's MVTecAD, first category")
     args = parser.parse_args()
     out = Path(args.out)
@@ -100,9 +106,10 @@ def main() -> None:
         strategy="ddp" if args.devices > 1 else "auto",
         logger=False,
         enable_progress_bar=False,
-        callbacks=[probe],
+        callbacks=[probe]
+        + ([StepCheckpoint(every_n_train_steps=args.steps_every, dirpath=out / "steps")] if args.steps_every else []),
     )
-    engine.fit(model=model, datamodule=datamodule)
+    engine.fit(model=model, datamodule=datamodule, ckpt_path=args.ckpt_path)
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)
     if engine.trainer.global_rank == 0:
         evaluator = model.evaluator
