@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, cast
 
+import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.data import ImageBatch
@@ -36,6 +37,41 @@ from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationF
 from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
 
 logger = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    """Turn numpy arrays and scalars into Python lists and numbers (for ``weights_only=True`` loading)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+class PlainStateWarmCosineScheduler(WarmCosineScheduler):
+    """The warm-cosine schedule of anomalib (Dinomaly), holding plain Python numbers only.
+
+    anomalib's scheduler keeps its schedule as a numpy array and sets numpy learning rates, which Lightning writes
+    into the checkpoint (scheduler and optimizer states); numpy objects are refused by
+    ``torch.load(weights_only=True)``, anomalib's safe loading mode.
+    """
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        """The learning rates as Python floats (they also land in the optimizer's state)."""
+        return [float(lr) for lr in super().get_lr()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state with numpy values converted to lists and floats."""
+        return {key: _plain(value) for key, value in super().state_dict().items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state, the schedule as a numpy array again."""
+        state = dict(state_dict)
+        if "schedule" in state:
+            state["schedule"] = np.asarray(state["schedule"], dtype=np.float64)
+        super().load_state_dict(state)
 
 
 class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
@@ -220,7 +256,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             weight_decay=self.weight_decay,
             amsgrad=True,
         )
-        scheduler = WarmCosineScheduler(
+        scheduler = PlainStateWarmCosineScheduler(
             reconstruction,
             base_value=self.lr,
             final_value=self.final_lr,
