@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -95,11 +96,31 @@ def _source_line(path: Path) -> str:
         environment = recorded.get("environment") or recorded.get("meta") or {}
         command = environment.get("command")
         if command:
-            command = command.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
-            line += f", produced by `{command}`"
+            line += f", produced by `{display_command(command)}`"
         if environment.get("date"):
             line += f" on {str(environment['date'])[:10]}"
     return line + "."
+
+
+def display_command(command: str) -> str:
+    """``command`` as a reader would type it: the interpreter as ``python``, paths relative to the repository.
+
+    The recorded command holds the recording machine's absolute paths; the rendering must not depend on them
+    (a clean clone elsewhere renders the same table).
+    """
+    words = shlex.split(command)
+    if words and Path(words[0]).name.startswith("python"):
+        words[0] = "python"
+    return " ".join(_relative_to_repository(word) for word in words)
+
+
+def _relative_to_repository(word: str) -> str:
+    parts = Path(word).parts
+    if Path(word).is_absolute():
+        for anchor in ("benchmarks", "src", "configs", "docs", "tests"):
+            if anchor in parts:
+                return str(Path(*parts[parts.index(anchor) :]))
+    return word
 
 
 def render(spec: str) -> str:

@@ -59,3 +59,11 @@ def test_included_readme_links_point_to_docs_pages_or_become_paths() -> None:
     assert "[multi](../multiclass.md)" in rewritten
     assert "cfg (`configs/cras/mvtec_single.yaml`)" in rewritten
     assert "[w](https://x.y)" in rewritten
+
+
+def test_the_rendered_command_does_not_depend_on_the_recording_machine() -> None:
+    recorded = "/work/venv/dev/bin/python /work/main/benchmarks/compare.py --quick"
+    elsewhere = "/check/clone/.venv/bin/python3 /check/clone/benchmarks/compare.py --quick"
+    assert published.display_command(recorded) == "python benchmarks/compare.py --quick"
+    assert published.display_command(elsewhere) == published.display_command(recorded)
+    assert published.display_command("benchmarks/cras_scaling.py --output x") == "benchmarks/cras_scaling.py --output x"
