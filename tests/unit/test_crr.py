@@ -175,3 +175,17 @@ def test_eval_forward_traces():
         scores, maps = traced(images)
     torch.testing.assert_close(scores, expected.pred_score)
     torch.testing.assert_close(maps, expected.anomaly_map)
+
+
+def test_ddp_is_told_that_each_stage_leaves_parameters_unused():
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    from anomalib_repair.models.crr.lightning_model import allow_unused_parameters_under_ddp
+
+    plain = DDPStrategy()
+    allow_unused_parameters_under_ddp(plain)
+    assert plain._ddp_kwargs["find_unused_parameters"] is True
+    explicit = DDPStrategy(find_unused_parameters=True, static_graph=False)
+    allow_unused_parameters_under_ddp(explicit)
+    assert explicit._ddp_kwargs == {"find_unused_parameters": True, "static_graph": False}
+    allow_unused_parameters_under_ddp(SingleDeviceStrategy(device=torch.device("cpu")))  # nothing to change

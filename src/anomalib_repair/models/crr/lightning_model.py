@@ -26,6 +26,7 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.models.image.dinomaly.components import StableAdamW, WarmCosineScheduler
 from anomalib.visualization import Visualizer
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
@@ -72,6 +73,28 @@ class PlainStateWarmCosineScheduler(WarmCosineScheduler):
         if "schedule" in state:
             state["schedule"] = np.asarray(state["schedule"], dtype=np.float64)
         super().load_state_dict(state)
+
+
+def allow_unused_parameters_under_ddp(strategy: Strategy) -> None:
+    """Make a DDP strategy tolerate parameters that get no gradient in a step.
+
+    Stage I trains the reconstruction networks and stage II the segmentation network, so every step leaves one
+    of them without gradients; plain ``strategy="ddp"`` stops with "parameters that were not used in producing the
+    loss". Lightning wraps the model after the ``setup`` hook, so turning ``find_unused_parameters`` on here makes
+    ``--trainer.strategy ddp`` just work (same as ``ddp_find_unused_parameters_true``).
+    """
+    if not isinstance(strategy, DDPStrategy):
+        return
+    options = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(options, dict):
+        msg = (
+            "CRR under DDP needs find_unused_parameters: pass --trainer.strategy ddp_find_unused_parameters_true "
+            "(Python: strategy='ddp_find_unused_parameters_true')."
+        )
+        raise BadInputError(msg)
+    if not options.get("find_unused_parameters"):
+        logger.info("CRR: DDP set to find unused parameters (stage I and II train different networks).")
+        options["find_unused_parameters"] = True
 
 
 class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
@@ -229,6 +252,13 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     def trainer_arguments(self) -> dict[str, Any]:
         """No sanity validation; never sets max_epochs or max_steps (CRR stops by itself, see :meth:`stage`)."""
         return {"num_sanity_val_steps": 0}
+
+    def setup(self, stage: str) -> None:
+        """Also lets DDP train the two stages' networks in turn (see :func:`allow_unused_parameters_under_ddp`)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and stage == "fit":
+            allow_unused_parameters_under_ddp(trainer.strategy)
+        super().setup(stage)
 
     @property
     def learning_type(self) -> LearningType:
