@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tiny
 from anomalib_repair import MVTecFolder
 from anomalib_repair.callbacks import StepCheckpoint
 from tiny_models import TINY_MODELS
+
+
+def odd_dataset(demo_root: Path, root: Path) -> Path:
+    """``disc`` + ``weave`` of the generated demo data with odd sizes (15 training, 19 test images).
+
+    A padding distributed sampler would repeat images of such a set, which the DDP checks must catch.
+    """
+    for name in ("disc", "weave"):
+        shutil.copytree(demo_root / name, root / name)
+    sorted((root / "disc" / "train" / "good").glob("*.png"))[0].unlink()  # 7 + 8 = 15 training images
+    sorted((root / "weave" / "test" / "good").glob("*.png"))[0].unlink()  # 10 + 9 = 19 test images
+    return root
 
 
 def _fingerprint(tensor: torch.Tensor) -> str:

@@ -94,6 +94,22 @@ def test_cli_offline_without_weights_is_one_line_naming_the_option(tmp_path, dem
     _assert_one_error_line(result, "backbone_weights", "wide_resnet50_2")
 
 
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+def test_cli_seed_everything_gives_the_same_metrics_twice(tmp_path, demo_root):
+    """anomalib's CLI parses ``--seed_everything`` without applying it; our classes apply it (same table twice)."""
+    data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.categories", "[disc, weave]"]
+    data += ["--data.num_workers", "0", "--data.train_batch_size", "8"]
+    command = ["train", "--model", "anomalib_repair.CRAS", *data, *TINY, "--trainer.max_epochs", "2"]
+    tables = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        result = _run([*command, "--seed_everything", "7"], tmp_path / run)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "applying --seed_everything 7" in result.stdout + result.stderr
+        tables.append(_table(next((tmp_path / run).rglob("per_category_metrics.csv"))))
+    assert tables[0] == tables[1]
+
+
 # ---------------------------------------------------------------------------------------------- a real kill
 KILL_TOLERANCE = 1e-6  # every metric of the killed + resumed run vs. the uninterrupted one (observed: identical)
 TRAIN_SCRIPT = Path(__file__).with_name("ddp_train.py")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,12 +31,9 @@ pytestmark = pytest.mark.slow  # about a minute per DDP run on a shared 2-core m
 
 @pytest.fixture(scope="module")
 def odd_root(demo_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("odd")
-    for name in ("disc", "weave"):
-        shutil.copytree(demo_root / name, root / name)
-    sorted((root / "disc" / "train" / "good").glob("*.png"))[0].unlink()  # 7 + 8 = 15 training images
-    sorted((root / "weave" / "test" / "good").glob("*.png"))[0].unlink()  # 10 + 9 = 19 test images
-    return root
+    from ddp_train import odd_dataset
+
+    return odd_dataset(demo_root, tmp_path_factory.mktemp("odd"))
 
 
 def _train(root: Path, out: Path, devices: int, batch: int, model: str = "CRAS", *extra: str) -> dict:

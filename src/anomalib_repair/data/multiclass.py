@@ -27,6 +27,7 @@ from anomalib_repair.data.category import CategoryIndex
 from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
+from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class MultiClassDataModule(AnomalibDataModule):
         seed: int | None = None,
         verify_images: bool = True,
     ) -> None:
+        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,

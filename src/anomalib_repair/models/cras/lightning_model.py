@@ -30,6 +30,7 @@ from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
 from anomalib_repair.models.cras.torch_model import CrasModel
+from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if center_dtype not in {"float32", "float16"}:
             msg = f"center_dtype must be 'float32' or 'float16', got '{center_dtype}'."
             raise BadInputError(msg)
+        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
             post_processor=post_processor,

@@ -36,6 +36,7 @@ from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
+from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if foreground not in {"auto", "off"}:
             msg = f"foreground must be 'auto' or 'off', got '{foreground}'."
             raise BadInputError(msg)
+        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
             post_processor=post_processor,
