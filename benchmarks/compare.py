@@ -1036,10 +1036,10 @@ def resolve_output(args: argparse.Namespace) -> Path:
 
 
 def copy_to_latest(output: Path) -> None:
-    """Mirror the four result files into ``benchmarks/results/latest/``."""
+    """Mirror the four result files into ``benchmarks/results/latest/`` (runs written elsewhere are left out)."""
     latest = REPO_ROOT / "benchmarks" / "results" / "latest"
-    if latest.resolve() == output:
-        return
+    if latest.resolve() == output or output.parent != latest.parent.resolve():
+        return  # only runs recorded under benchmarks/results/ replace the published one
     latest.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "results.md", "results.json", "chart.png"):
         if (output / name).exists():

@@ -73,17 +73,20 @@ def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]], list[str] | None]
 
 
 def _cell(value: str, column: str) -> str:
-    """Metrics (``image_*``, ``pixel_*``) to 3 decimals; other numbers to 1 decimal, whole above 100; text as is."""
+    """Metrics (``image_*``, ``pixel_*``, spreads, ratios) and numbers below 1 to 3 decimals; ``x_*`` to 2; other
+    numbers to 1 decimal, whole above 100; text as is."""
     try:
         number = float(value)
     except ValueError:
         return value
-    if column.startswith(("image_", "pixel_")):
+    if column.startswith(("image_", "pixel_", "seed_spread_", "ddp_diff_")) or column.endswith("ratio"):
         return f"{number:.3f}"
     if column.startswith("x_"):
         return f"{number:.2f}"
     if number.is_integer() and "." not in value:
         return value
+    if abs(number) < 1:
+        return f"{number:.3f}"
     return f"{number:.0f}" if abs(number) >= 100 else f"{number:.1f}"
 
 

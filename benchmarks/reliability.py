@@ -8,6 +8,10 @@ For every model of ``tests/tiny_models.py`` (Lite0, 64 px, tiny heads) on genera
 - two processes (Lightning DDP, gloo, batch 4 each) — every test image scored once, same metrics within the spread.
 
     PYTHONPATH=src python benchmarks/reliability.py --output benchmarks/results/reliability
+    PYTHONPATH=src python benchmarks/reliability.py --part image-check --output benchmarks/results/image_check
+
+The ``image-check`` part times the up-front image verification of ``MVTecFolder(verify_images=True)`` (PIL
+``open`` + ``verify()`` of every image and mask of ``../shared/data/real``) and writes ``results.csv`` there.
 
 Writes ``runs.csv`` (one row per run: model, processes, seed, metrics, time), ``summary.csv`` (one row per model:
 DDP difference, seed spread, determinism, images scored) and ``results.json`` (command, date, every run).
@@ -82,13 +86,61 @@ def _summary(model: str, runs: list[dict]) -> dict:
     }
 
 
+def _environment(start: float, **extra: object) -> dict:
+    return {
+        "command": " ".join(shlex.quote(part) for part in [sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **extra,
+        "load_average_at_end": list(os.getloadavg()),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def image_check(output: Path, root: Path) -> int:
+    """Time the up-front verification of every image and mask under ``root`` (the ``MVTecFolder`` default)."""
+    from anomalib_repair import MVTecFolder
+    from anomalib_repair.data.validation import verify_samples
+
+    if not root.is_dir():
+        print(f"SKIPPED: {root} not found (the image check needs ../shared/data/real).")
+        return 0
+    start = time.perf_counter()
+    datamodule = MVTecFolder(root=root, num_workers=0, verify_images=False)
+    datamodule.setup()
+    rows = []
+    for _ in range(3):  # the first pass may read from disk, the next ones from the page cache
+        begin = time.perf_counter()
+        files = sum(verify_samples(data.samples) for data in (datamodule.train_data, datamodule.test_data))
+        seconds = time.perf_counter() - begin
+        rows.append({"pass": len(rows) + 1, "files": files, "seconds": round(seconds, 3)})
+        rows[-1]["ms_per_file"] = round(1000 * seconds / files, 3)
+    output.mkdir(parents=True, exist_ok=True)
+    _write_csv(output / "results.csv", rows)
+    environment = _environment(start, root=str(root.name))
+    (output / "results.json").write_text(json.dumps({"environment": environment, "runs": rows}, indent=2))
+    print(rows)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run every model's DDP / seed / determinism runs and record them."""
+    """Run every model's DDP / seed / determinism runs (or the image check) and record them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability")
+    parser.add_argument("--part", choices=("ddp", "image-check"), default="ddp")
+    parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     args = parser.parse_args(argv)
+    if args.part == "image-check":
+        return image_check(args.output or ROOT / "benchmarks" / "results" / "image_check", args.root)
+    args.output = args.output or ROOT / "benchmarks" / "results" / "reliability"
     sys.path.insert(0, str(SCRIPT.parent))
     from ddp_train import odd_dataset
 
@@ -110,18 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(_summary(model, mine))
         print(summaries[-1], flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("runs.csv", runs), ("summary.csv", summaries)):
-        with (args.output / name).open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    environment = {
-        "command": " ".join(shlex.quote(part) for part in [sys.executable, *sys.argv]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "epochs": args.epochs,
-        "load_average_at_end": list(os.getloadavg()),
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
+    _write_csv(args.output / "runs.csv", runs)
+    _write_csv(args.output / "summary.csv", summaries)
+    environment = _environment(start, epochs=args.epochs)
     (args.output / "results.json").write_text(json.dumps({"environment": environment, "runs": runs}, indent=2))
     return 0
 
