@@ -72,6 +72,15 @@ def benchmark(session: nox.Session) -> None:
 
 
 @nox.session
+def reliability(session: nox.Session) -> None:
+    """Record the DDP / seed / determinism numbers and the image-check cost shown on docs/reliability.md."""
+    _install(session)
+    env = {"PYTHONPATH": "src"}
+    session.run(PYTHON, "benchmarks/reliability.py", *session.posargs, external=True, env=env)
+    session.run(PYTHON, "benchmarks/reliability.py", "--part", "image-check", external=True, env=env)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, strict (broken links, missing pages or stale published numbers fail the build)."""
     _install(session)
