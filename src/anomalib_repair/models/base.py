@@ -25,7 +25,6 @@ from anomalib.metrics import Evaluator
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
@@ -34,7 +33,6 @@ from anomalib_repair.components.backbone import backbone_normalization, load_bac
 from anomalib_repair.data.category import CategoryIndex, category_index_for
 from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.evaluation import PerCategoryEvaluator
-from anomalib_repair.seeding import apply_cli_seed
 from anomalib_repair.visualization import CategoryImageVisualizer
 
 # torch's ONNX exporter implements opset >= 18 only; anomalib asks for 14, and the down-conversion fails on
@@ -66,33 +64,6 @@ def batch_inputs(batch: Batch) -> tuple[torch.Tensor, list[str]]:
 
 class RepairModuleMixin:
     """Shared behaviour of CRR, MFRNet and CRAS (see the module docstring)."""
-
-    def init_anomalib_module(
-        self,
-        *,
-        backbone: str,
-        image_size: int,
-        crop_size: int | None,
-        pre_processor: nn.Module | bool,
-        post_processor: nn.Module | bool,
-        evaluator: nn.Module | bool,
-        visualizer: Any,
-    ) -> None:
-        """The common start of every model's constructor, after its own argument checks.
-
-        Applies the seed of anomalib's ``--seed_everything`` (:mod:`anomalib_repair.seeding`) before any weight is
-        initialised, initialises ``AnomalibModule`` and, for ``pre_processor=True``, builds resize (+ crop) + the
-        backbone's normalisation (:func:`build_pre_processor`).
-        """
-        apply_cli_seed()
-        super().__init__(  # type: ignore[call-arg]  # AnomalibModule, next in the models' MRO
-            pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        if pre_processor is True:
-            self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

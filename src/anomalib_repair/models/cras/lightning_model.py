@@ -27,9 +27,10 @@ from anomalib_repair.components.feature_cache import FeatureCache
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices
 from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.models.base import RepairModuleMixin, batch_inputs
+from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
 from anomalib_repair.models.cras.torch_model import CrasModel
+from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -104,15 +105,16 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if center_dtype not in {"float32", "float16"}:
             msg = f"center_dtype must be 'float32' or 'float16', got '{center_dtype}'."
             raise BadInputError(msg)
-        self.init_anomalib_module(
-            backbone=backbone,
-            image_size=image_size,
-            crop_size=crop_size,
-            pre_processor=pre_processor,
+        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
+        # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
+        super().__init__(
+            pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        if pre_processor is True:
+            self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
         self.model: CrasModel = CrasModel(
             backbone=backbone,
             layers=list(layers),

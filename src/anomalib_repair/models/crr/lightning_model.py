@@ -33,9 +33,10 @@ from torch import nn
 from anomalib_repair.components.backbone import backbone_normalization
 from anomalib_repair.data.synthesis import AnomalySynthesizer
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.models.base import RepairModuleMixin, batch_inputs
+from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
+from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -202,15 +203,16 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if foreground not in {"auto", "off"}:
             msg = f"foreground must be 'auto' or 'off', got '{foreground}'."
             raise BadInputError(msg)
-        self.init_anomalib_module(
-            backbone=backbone,
-            image_size=image_size,
-            crop_size=crop_size,
-            pre_processor=pre_processor,
+        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
+        # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
+        super().__init__(
+            pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        if pre_processor is True:
+            self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
         self.model: CrrModel = CrrModel(
             backbone=backbone,
             layers=list(layers),

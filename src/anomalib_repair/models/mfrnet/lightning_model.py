@@ -24,9 +24,10 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.models.base import RepairModuleMixin, batch_inputs
+from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.mfrnet.loss import HybridLoss
 from anomalib_repair.models.mfrnet.torch_model import MfrnetModel
+from anomalib_repair.seeding import apply_cli_seed
 
 
 class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
@@ -105,15 +106,16 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if input_size < feature_stride:
             msg = f"crop_size/image_size ({input_size}) must be at least feature_stride ({feature_stride})."
             raise BadInputError(msg)
-        self.init_anomalib_module(
-            backbone=backbone,
-            image_size=image_size,
-            crop_size=crop_size,
-            pre_processor=pre_processor,
+        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
+        # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
+        super().__init__(
+            pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        if pre_processor is True:
+            self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
         self.model: MfrnetModel = MfrnetModel(
             backbone=backbone,
             layers=list(layers),
