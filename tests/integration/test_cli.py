@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import anomalib_repair
 from tiny_models import TINY_CLI_ARGS
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
@@ -138,16 +140,39 @@ def _kill_after_step(command: list[str], steps_dir: Path, step: int) -> None:
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
+def _mvtec_named_copy(demo_root: Path, target: Path) -> Path:
+    """The demo's ``disc`` and ``weave`` under two MVTec AD category names, so ``--data MVTec`` can read them."""
+    for demo, mvtec in (("disc", "bottle"), ("weave", "carpet")):
+        shutil.copytree(demo_root / demo, target / mvtec)
+    return target
+
+
 def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
-    """train → test (same table) → predict (maps and overlays) → export torch/onnx/openvino, all via the CLI."""
+    """fit → validate → train → test (same table) → predict (maps and overlays) → export ×3, all via the CLI.
+
+    Uses the exact form of anomalib's docs: ``anomalib train --model anomalib_repair.X --data MVTec --data.root PATH``.
+    """
     model = ["--model", f"anomalib_repair.{name}"]
-    data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.categories", "[disc, weave]"]
+    mvtec_root = _mvtec_named_copy(demo_root, root / "mvtec")
+    data = ["--data", "MVTec", "--data.root", str(mvtec_root), "--data.categories", "[bottle, carpet]"]
     data += ["--data.num_workers", "0", "--data.train_batch_size", "8"]
     tiny = TINY_CLI_ARGS[name]
+
+    fitted_root = root / "fit"
+    fit_args = ["fit", *model, *data, *tiny, "--trainer.max_epochs", "1", "--default_root_dir", str(fitted_root)]
+    fitted = _run(fit_args, root)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    fit_checkpoints = list(fitted_root.rglob("*.ckpt"))
+    assert fit_checkpoints, "fit writes a checkpoint"
+    validated = _run(["validate", *model, *data, *tiny, "--ckpt_path", str(fit_checkpoints[0])], root)
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    assert "Validation" in validated.stdout, validated.stdout[-3000:]  # thresholds only: metrics are test's
+
     trained = _run(["train", *model, *data, *tiny, "--trainer.max_epochs", "2"], root)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    run_dir = root / "results" / name / "MVTecFolder" / "disc+weave" / "v0"
+    run_dir = root / "results" / name / "MVTec" / "bottle+carpet" / "v0"
     first = _table(run_dir / "per_category_metrics.csv")
+    assert set(first) >= {"bottle", "carpet"}
     checkpoint = run_dir / "weights" / "lightning" / "model.ckpt"
 
     (run_dir / "per_category_metrics.csv").unlink()
@@ -202,7 +227,9 @@ def test_cli_resolves_our_model_and_the_short_data_name(name, tmp_path):
     assert "class_path: anomalib_repair.MVTec\n" in result.stdout
     helped = _run(["train", "--model", f"anomalib_repair.{name}", "--model.help", f"anomalib_repair.{name}"], tmp_path)
     assert helped.returncode == 0, helped.stderr[-3000:]
-    assert "--model.backbone" in helped.stdout and "--model.image_size" in helped.stdout
+    options = inspect.signature(getattr(anomalib_repair, name).__init__).parameters
+    missing = [option for option in options if option != "self" and f"--model.{option} " not in helped.stdout]
+    assert not missing, f"options not settable from the CLI: {missing}"
 
 
 def _train_script(args: list[str]) -> None:
@@ -212,19 +239,28 @@ def _train_script(args: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, demo_root):
+@pytest.mark.parametrize(
+    ("name", "kill_at", "resume_from"),
+    [
+        ("CRAS", 14, range(12, 32)),  # CRAS: 2 optimiser steps a batch, 4 batches an epoch, 4 epochs
+        ("CRR", 8, range(7, 10)),  # tiny CRR: stage I = steps 0-5, stage II = steps 6-9: killed mid-stage-II
+    ],
+)
+def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, demo_root, name, kill_at, resume_from):
     """A real SIGKILL of a training process (tests/integration/ddp_train.py, one process) after a step checkpoint."""
-    common = ["--root", str(demo_root), "--epochs", "4", "--batch", "4", "--steps-every", "2", "--seed", "7"]
+    every = 2 if name == "CRAS" else 1
+    common = ["--root", str(demo_root), "--epochs", "4", "--batch", "4", "--steps-every", str(every), "--seed", "7"]
+    common += ["--model", name]
     _train_script([*common, "--out", str(tmp_path / "uninterrupted")])
     reference = json.loads((tmp_path / "uninterrupted" / "result.json").read_text())["metrics"]
 
     killed = tmp_path / "killed"
     steps_dir = killed / "steps"
-    _kill_after_step(_script([*common, "--out", str(killed)]), steps_dir, step=14)  # CRAS: 2 steps a batch
+    _kill_after_step(_script([*common, "--out", str(killed)]), steps_dir, step=kill_at)
     last = steps_dir / "last.ckpt"
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)  # complete and loadable after the kill
     # last.ckpt is written right after step=<k>.ckpt: a kill in between leaves the previous, complete one
-    assert 12 <= checkpoint["global_step"] < 32
+    assert checkpoint["global_step"] in resume_from
     for path in steps_dir.glob("*.ckpt"):
         torch.load(path, map_location="cpu", weights_only=False)
 

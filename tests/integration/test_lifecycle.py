@@ -24,6 +24,7 @@ from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from anomalib.models import get_model, list_models
 from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
 from lightning.pytorch import seed_everything
 
 import anomalib_repair
@@ -101,9 +102,15 @@ def test_test_metrics_are_per_category_and_finite(trained: Trained) -> None:
 
 def test_validate_recomputes_finite_thresholds(trained: Trained) -> None:
     """As for anomalib's models, validation feeds the post-processor's thresholds (metrics are a test affair)."""
+    post_processor = trained.model.post_processor
+    assert isinstance(post_processor, PostProcessor)
+    learned = float(post_processor.image_threshold)
+    post_processor._image_threshold.fill_(float("nan"))  # forget what fit learned: validate must set it again
+    assert math.isnan(float(post_processor._image_threshold))
     assert trained.engine.validate(model=trained.model, datamodule=trained.datamodule, verbose=False) is not None
-    threshold = getattr(trained.model.post_processor, "image_threshold", None)
-    assert threshold is not None and math.isfinite(float(threshold))
+    threshold = float(post_processor.image_threshold)
+    assert math.isfinite(threshold)
+    assert threshold == pytest.approx(learned, rel=1e-5)  # same model, same validation data
 
 
 def test_checkpoint_reloads_weights_only_and_reproduces_the_test_metrics(trained: Trained) -> None:
@@ -116,12 +123,18 @@ def test_checkpoint_reloads_weights_only_and_reproduces_the_test_metrics(trained
         assert again[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
-def test_predict_gives_a_map_per_image_and_writes_pictures(trained: Trained) -> None:
-    predictions = _predicted(trained)
+def test_predict_gives_a_map_per_image_and_writes_pictures(trained: Trained, tmp_path: Path) -> None:
+    engine = _engine(tmp_path / "predict")  # a fresh folder: only predict can have written pictures there
+    batches = engine.predict(model=trained.model, datamodule=trained.datamodule, return_predictions=True)
+    assert batches is not None
+    predictions = {
+        str(path): m for batch in batches for path, m in zip(batch.image_path, batch.anomaly_map, strict=True)
+    }
     test_images = [path for path in Path(trained.datamodule.root).rglob("test/*/*.png") if path.parts[-4] in CATEGORIES]
     assert len(predictions) == len(test_images)
-    assert all(anomaly_map.shape == (64, 64) for _, anomaly_map in predictions.values())
-    pictures = [path for path in trained.root.rglob("*.png") if "images" in path.parts]
+    assert all(anomaly_map.squeeze().shape == (64, 64) for anomaly_map in predictions.values())
+    pictures = [path for path in (tmp_path / "predict").rglob("*.png") if "images" in path.parts]
+    assert len(pictures) == len(test_images), "one picture per predicted image"
     assert {category for category in CATEGORIES if any(category in path.parts for path in pictures)} == set(CATEGORIES)
 
 
@@ -175,6 +188,8 @@ def test_anomalib_single_category_datamodules(name: str, demo_root: Path, tmp_pa
         assert not math.isnan(results["image_AUROC"]), (label, results)
         batches = engine.predict(model=model, datamodule=datamodule, return_predictions=True)
         assert batches and batches[0].anomaly_map is not None, label
+        exported = engine.export(model=model, export_type=ExportType.ONNX, export_root=tmp_path / label / "export")
+        assert exported is not None and exported.exists(), label
 
 
 def test_anomalib_finds_our_models_by_name(monkeypatch: pytest.MonkeyPatch) -> None:

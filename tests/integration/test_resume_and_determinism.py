@@ -2,7 +2,9 @@
 
 - The same seed gives the same metrics twice on CPU.
 - A run interrupted mid-epoch (after a step checkpoint) and resumed from ``last.ckpt`` trains on the same batches
-  in the same order, draws the same random numbers, and ends with the same metrics as the uninterrupted run.
+  in the same order, draws the same random numbers, and ends with the same metrics as the uninterrupted run. For
+  CRR the interruption falls mid-stage-II (stage I done, stage II part-way), the hardest place to resume from.
+- The same after an interruption on an epoch's last batch.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ METRIC_TOLERANCE = 1e-6  # metrics of an interrupted + resumed run vs. the unint
 
 
 class Trace(Callback):
-    """Records, for every training batch: epoch, batch index, image paths, a draw-free fingerprint of the RNG."""
+    """Records, for every training batch: epoch, batch index, training stage (CRR; else 1), image paths, a
+    draw-free fingerprint of the RNG."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[int, int, str, str]] = []
+        self.rows: list[tuple[int, int, int, str, str]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         paths = hashlib.sha1("|".join(batch.image_path).encode()).hexdigest()[:12]
         rng = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:12]
-        self.rows.append((trainer.current_epoch, batch_idx, paths, rng))
+        stage = pl_module.stage(trainer.global_step - 1) if hasattr(pl_module, "stage") else 1
+        self.rows.append((trainer.current_epoch, batch_idx, stage, paths, rng))
 
 
 class KilledError(RuntimeError):
@@ -105,10 +109,27 @@ def test_same_seed_same_metrics(reference, demo_root, tmp_path):
     assert trace.rows == rows
 
 
+def _batches_per_epoch(rows: list[tuple[int, int, int, str, str]]) -> int:
+    return sum(1 for row in rows if row[0] == 0)
+
+
+def _mid_run_point(name: str, rows: list[tuple[int, int, int, str, str]]) -> int:
+    """Training batches done before the interruption: mid-epoch 1, and for CRR also mid-stage-II."""
+    batches_per_epoch = _batches_per_epoch(rows)
+    if name == "CRR":
+        stages = [row[2] for row in rows]
+        first_stage_two = stages.index(2)
+        at = first_stage_two + 1  # one stage-II step done, more to come
+        assert stages[at - 1] == 2 and at < len(rows) - 1, "the tiny CRR must have a few stage-II steps"
+    else:
+        at = batches_per_epoch + 2
+    assert at % batches_per_epoch != 0, "the interruption must fall mid-epoch"
+    return at
+
+
 def test_interrupted_run_resumes_to_the_same_metrics(reference, demo_root, tmp_path):
     name, metrics, rows, _ = reference
-    batches_per_epoch = len(rows) // EPOCHS
-    at = batches_per_epoch + 2  # mid-epoch 1
+    at = _mid_run_point(name, rows)
     steps = tmp_path / "steps"
     interrupted = Trace()
     callbacks = [interrupted, Interrupt(at), StepCheckpoint(every_n_train_steps=1, dirpath=steps)]
@@ -129,7 +150,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(reference, demo_root, tmp_p
 
 def test_resume_at_an_epoch_boundary(reference, demo_root, tmp_path):
     name, metrics, rows, _ = reference
-    at = len(rows) // EPOCHS  # first batch of epoch 1: the checkpoint was written on the last batch of epoch 0
+    at = _batches_per_epoch(rows)  # first batch of epoch 1: the checkpoint was written on epoch 0's last batch
     steps = tmp_path / "steps"
     _run(name, demo_root, tmp_path / "a", [Interrupt(at), StepCheckpoint(every_n_train_steps=1, dirpath=steps)])
     resumed = Trace()
