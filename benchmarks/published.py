@@ -47,7 +47,10 @@ LABELS = {
     "images_per_s_b32": "img/s b32",
     "x_backbone_b1": "× backbone b1",
     "x_backbone_b32": "× backbone b32",
-    "peak_rss_mb": "peak RSS MB",
+    "floor_ms_per_image_b1": "floor ms b1",
+    "floor_ms_per_image_b32": "floor ms b32",
+    "peak_rss_train_mb": "peak RSS fit MB",
+    "peak_rss_mb": "peak RSS fit+test MB",
 }
 
 

@@ -157,3 +157,43 @@ def test_unified_training_on_real_data_beats_chance(tmp_path, real_data_root):
         assert not math.isnan(results[key]), key
     assert results["image_AUROC"] >= 0.65, results
     assert results["pixel_AUROC"] >= 0.70, results
+
+
+def test_each_stage_takes_its_own_batch_size_and_a_small_loader_is_reported(tmp_path, demo_root, caplog, monkeypatch):
+    """stage1_batch_size / stage2_batch_size take the first images of each loader batch; too small a loader warns."""
+    seen: list[tuple[int, int]] = []
+    original = CRR.training_step
+
+    def spy(self: CRR, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        stage = self.stage()
+        real_step1, real_step2 = self._stage1_step, self._stage2_step
+
+        def step1(images: torch.Tensor, *rest: Any) -> torch.Tensor:
+            seen.append((stage, images.shape[0]))
+            return real_step1(images, *rest)
+
+        def step2(damaged: torch.Tensor, *rest: Any) -> torch.Tensor:
+            seen.append((stage, damaged.shape[0]))
+            return real_step2(damaged, *rest)
+
+        self._stage1_step, self._stage2_step = step1, step2  # type: ignore[method-assign]
+        try:
+            return original(self, batch, *args, **kwargs)
+        finally:
+            del self._stage1_step, self._stage2_step
+
+    monkeypatch.setattr(CRR, "training_step", spy)
+    seed_everything(0)
+    datamodule = MVTecFolder(root=demo_root, train_batch_size=8, eval_batch_size=16, num_workers=0)
+    model = CRR(**TINY, stage1_steps=2, stage2_steps=2, stage1_batch_size=6, stage2_batch_size=3)
+    with caplog.at_level("WARNING"):
+        _engine(tmp_path / "fits", max_steps=4).fit(model=model, datamodule=datamodule)
+    assert seen == [(1, 6), (1, 6), (2, 3), (2, 3)]
+    assert "set --data.train_batch_size" not in caplog.text  # 8 >= max(6, 3)
+
+    caplog.clear()
+    seed_everything(0)
+    model = CRR(**TINY, stage1_steps=1, stage2_steps=0, stage1_batch_size=16)
+    with caplog.at_level("WARNING"):
+        _engine(tmp_path / "small", max_steps=1).fit(model=model, datamodule=datamodule)
+    assert "training batches hold 8" in caplog.text and "set --data.train_batch_size 16" in caplog.text

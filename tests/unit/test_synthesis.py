@@ -112,3 +112,16 @@ def test_grid_shuffle_permutes_cells():
     assert not torch.equal(shuffled, image)
     cells = lambda x: sorted(x[0].unfold(0, 2, 2).unfold(1, 2, 2).reshape(-1, 4).tolist())  # noqa: E731
     assert cells(shuffled) == cells(image)
+
+
+def test_foreground_that_no_mask_hits_falls_back_to_an_unrestricted_mask():
+    """After ``max_tries`` Perlin draws that miss the foreground, the mask is used unrestricted (never a hang)."""
+    synthesizer = AnomalySynthesizer(max_tries=3)
+    torch.manual_seed(0)
+    nothing = torch.zeros(1, 32, 32, dtype=torch.bool)
+    mask = synthesizer._shape(nothing)
+    assert mask.any()
+    some = torch.zeros(1, 32, 32, dtype=torch.bool)
+    some[:, 8:24, 8:24] = True
+    restricted = synthesizer._shape(some)
+    assert restricted.any() and not restricted[~some[0]].any()  # a reachable foreground keeps the mask inside

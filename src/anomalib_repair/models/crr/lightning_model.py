@@ -123,6 +123,9 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         top_ratio: Share of the highest map values averaged into the image score (0.01).
         stage1_steps: Steps of stage I (paper: 50 000 on Real-IAD; Dinomaly's MVTec AD/VisA recipe 10 000).
         stage2_steps: Steps of stage II (8 000).
+        stage1_batch_size: Images per stage-I step, the first ones of each training batch (16, the paper's);
+            ``None`` for the whole batch. Both stages draw from the one training loader, so its batch size must be
+            at least the larger of the two (a warning at the start of training says when it is not).
         stage2_batch_size: Images per stage-II step, the first ones of each training batch (8); ``None`` for all.
         lr: Peak learning rate of stage I (2e-3), reached after ``warmup_steps``.
         final_lr: Final learning rate of the cosine decay (2e-4).
@@ -173,6 +176,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         top_ratio: float = 0.01,
         stage1_steps: int = 10_000,
         stage2_steps: int = 8_000,
+        stage1_batch_size: int | None = 16,
         stage2_batch_size: int | None = 8,
         lr: float = 2e-3,
         final_lr: float = 2e-4,
@@ -197,9 +201,10 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if stage1_steps < 1 or stage2_steps < 0:
             msg = f"stage1_steps must be >= 1 and stage2_steps >= 0, got {stage1_steps} and {stage2_steps}."
             raise BadInputError(msg)
-        if stage2_batch_size is not None and stage2_batch_size < 1:
-            msg = f"stage2_batch_size must be >= 1 or None (whole batch), got {stage2_batch_size}."
-            raise BadInputError(msg)
+        for option, value in (("stage1_batch_size", stage1_batch_size), ("stage2_batch_size", stage2_batch_size)):
+            if value is not None and value < 1:
+                msg = f"{option} must be >= 1 or None (whole batch), got {value}."
+                raise BadInputError(msg)
         if foreground not in {"auto", "off"}:
             msg = f"foreground must be 'auto' or 'off', got '{foreground}'."
             raise BadInputError(msg)
@@ -236,6 +241,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.segmentation_loss = SegmentationFocalLoss(focal_gamma)
         self.stage1_steps = stage1_steps
         self.stage2_steps = stage2_steps
+        self.stage1_batch_size = stage1_batch_size
         self.stage2_batch_size = stage2_batch_size
         self.lr = lr
         self.final_lr = final_lr
@@ -314,6 +320,17 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         batches = trainer.num_training_batches
         if trainer.max_epochs is not None and trainer.max_epochs >= 0 and math.isfinite(batches):
             limit = min(limit, trainer.max_epochs * batches)
+        loader_batch = getattr(getattr(trainer, "datamodule", None), "train_batch_size", None)
+        wanted = max((size for size in (self.stage1_batch_size, self.stage2_batch_size) if size is not None), default=0)
+        if isinstance(loader_batch, int) and loader_batch < wanted:
+            logger.warning(
+                "CRR takes %s images per stage-I step and %s per stage-II step but training batches hold %d: "
+                "set --data.train_batch_size %d (steps use what a batch holds).",
+                self.stage1_batch_size,
+                self.stage2_batch_size,
+                loader_batch,
+                wanted,
+            )
         if limit < self.total_steps:
             logger.warning(
                 "CRR needs %d steps (stage I %d + stage II %d) but the trainer stops after %s: raise "
@@ -336,8 +353,9 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             self.on_train_start()
         assert self._synthesizer is not None
         stage = self.stage(step)
-        if stage == 2 and self.stage2_batch_size is not None:
-            images = images[: self.stage2_batch_size]
+        stage_batch = self.stage1_batch_size if stage == 1 else self.stage2_batch_size
+        if stage_batch is not None:
+            images = images[:stage_batch]
         mean, std = self.normalization
         damaged, masks = self._synthesizer(images, mean, std)
         loss = self._stage1_step(images, damaged, step) if stage == 1 else self._stage2_step(damaged, masks)
