@@ -219,7 +219,10 @@ def test_nan_loss_stops_training_with_one_line(name, fault, tmp_path, demo_root)
     engine = _engine(tmp_path, [fault()])
     with pytest.raises(AnomalibRepairError) as error:
         engine.fit(model=TINY_MODELS[name](visualizer=False), datamodule=datamodule)
-    assert_one_line(error, "NaN")
+    if fault is _PoisonImages:  # names the images and where to look
+        assert_one_line(error, "NaN", str(demo_root / "disc" / "train" / "good"), "check those files")
+    else:  # says what to change
+        assert_one_line(error, "NaN", "lower", "check the input images")
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))

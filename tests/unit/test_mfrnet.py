@@ -173,6 +173,33 @@ def test_aggregator_brings_every_layer_to_one_grid_with_unit_scale_channels():
     assert features.mean(1).abs().max() < 0.2  # each layer is normalised over its channels before resizing
 
 
+def test_feature_norm_none_keeps_the_raw_activations():
+    images = torch.rand(2, 3, 96, 96)
+    normalised = _small_model().aggregator
+    raw = _small_model(feature_norm="none").aggregator
+    raw.backbone.load_state_dict(normalised.backbone.state_dict())
+    expected = torch.cat([raw._to_grid(feature) for feature in raw.backbone(images)], dim=1)
+    torch.testing.assert_close(raw(images), expected)
+    assert not torch.allclose(raw(images), normalised(images))
+    with pytest.raises(BadInputError, match="feature_norm must be one of layer, none"):
+        _small_model(feature_norm="batch")
+
+
+def test_image_score_is_the_map_maximum_or_the_mean_of_its_top_share():
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 96, 96)
+    maximum = _small_model().eval()
+    top = _small_model(top_ratio=0.01).eval()
+    top.load_state_dict(maximum.state_dict())
+    with torch.no_grad():
+        by_max, by_top = maximum(images), top(images)
+    flat = by_max.anomaly_map.flatten(1)
+    torch.testing.assert_close(by_max.pred_score, flat.amax(dim=1))
+    torch.testing.assert_close(by_top.anomaly_map, by_max.anomaly_map)
+    torch.testing.assert_close(by_top.pred_score, flat.topk(int(flat.shape[1] * 0.01), dim=1).values.mean(dim=1))
+    assert (by_top.pred_score < by_max.pred_score).all()
+
+
 def test_eval_forward_shapes_and_determinism():
     torch.manual_seed(0)
     model = _small_model().eval()

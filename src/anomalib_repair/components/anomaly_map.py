@@ -25,3 +25,16 @@ class AnomalyMapGenerator(nn.Module):
         """Return the ``(B, 1, H, W)`` anomaly map."""
         anomaly_map = F.interpolate(scores, size=image_size, mode="bilinear", align_corners=False)
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map
+
+
+def top_mean_score(anomaly_map: torch.Tensor, top_ratio: float) -> torch.Tensor:
+    """Image scores from ``(B, ...)`` anomaly maps: the mean of the highest ``top_ratio`` share of each map's values.
+
+    ``top_ratio <= 0`` takes the maximum (a share of one value). The count is a plain Python number of the map's
+    static size, so the score traces and exports with a dynamic batch.
+    """
+    flat = anomaly_map.flatten(1)
+    if top_ratio <= 0:
+        return flat.amax(dim=1)
+    top = max(1, int(flat.shape[1] * top_ratio))
+    return flat.topk(top, dim=1).values.mean(dim=1)

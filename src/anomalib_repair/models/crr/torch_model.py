@@ -13,6 +13,7 @@ from anomalib.models.image.dinomaly.components import DinomalyMLP, LinearAttenti
 from timm.layers import trunc_normal_
 from torch import nn
 
+from anomalib_repair.components.anomaly_map import top_mean_score
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.errors import BadInputError
 
@@ -367,7 +368,4 @@ class CrrModel(nn.Module):
             anomaly_map = self.rec_weight * reconstruction + (1 - self.rec_weight) * segmentation
         if self.blur is not None:
             anomaly_map = self.blur(anomaly_map)
-        flat = anomaly_map.flatten(1)
-        top = max(1, int(flat.shape[1] * self.top_ratio))
-        pred_score = flat.topk(top, dim=1).values.mean(dim=1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)

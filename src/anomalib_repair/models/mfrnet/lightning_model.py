@@ -55,6 +55,11 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         ssim_data_range: SSIM data range of the (channel-normalised) feature maps.
         train_masks: ``"all"`` (restore every training image under all ``n`` masks and score the combination, as
             at test time) or ``"one"`` (one random mask per image, loss on its hidden cells; ``n`` times cheaper).
+        feature_norm: ``"layer"`` (default): a parameter-free layer norm over the channels of every tap at each
+            position, so that taps of different magnitudes weigh alike and SSIM sees a known range; ``"none"``: raw
+            activations (then set ``ssim_data_range`` to their range).
+        top_ratio: Share of the highest anomaly-map values averaged into the image score; ``0`` (default) takes
+            the maximum.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         image_size: Resize of the input images.
@@ -92,6 +97,8 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         ssim_sigma: float = 1.5,
         ssim_data_range: float = 6.0,
         train_masks: str = "all",
+        feature_norm: str = "layer",
+        top_ratio: float = 0.0,
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
         image_size: int = 256,
@@ -139,6 +146,8 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             ),
             sigma=sigma,
             train_masks=train_masks,
+            feature_norm=feature_norm,
+            top_ratio=top_ratio,
         )
         self.lr = lr
         self.weight_decay = weight_decay

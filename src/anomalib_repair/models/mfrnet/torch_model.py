@@ -9,21 +9,23 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from anomalib_repair.components.anomaly_map import AnomalyMapGenerator
+from anomalib_repair.components.anomaly_map import AnomalyMapGenerator, top_mean_score
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.mfrnet.loss import HybridLoss, ssim_window
 from anomalib_repair.models.mfrnet.masks import CrossedMaskGenerator
 
 TRAIN_MASKS = ("all", "one")
+FEATURE_NORMS = ("layer", "none")
 
 
 class MultiScaleFeatureAggregator(nn.Module):
     """Frozen CNN features of several layers on one grid, concatenated.
 
-    Every layer is normalised over its channels at each position (a parameter-free layer norm, so that layers of
-    very different magnitudes weigh alike and the maps have a known scale for SSIM), then brought to the fixed
-    ``grid_size``: average-pooled when the layer is an integer multiple of the grid, bilinearly resized otherwise.
+    With ``feature_norm="layer"`` (default) every layer is normalised over its channels at each position (a
+    parameter-free layer norm, so that layers of very different magnitudes weigh alike and the maps have a known
+    scale for SSIM); ``"none"`` keeps the raw activations. Each layer is then brought to the fixed ``grid_size``:
+    average-pooled when the layer is an integer multiple of the grid, bilinearly resized otherwise.
 
     Args:
         backbone: timm backbone name (see :mod:`anomalib_repair.components.backbone`).
@@ -31,6 +33,7 @@ class MultiScaleFeatureAggregator(nn.Module):
         grid_size: ``(H, W)`` of the aggregated map.
         pre_trained: Load pretrained weights when ``fit``/``test`` starts.
         backbone_weights: Optional local weight file.
+        feature_norm: ``"layer"`` (per-position layer norm of every tap) or ``"none"``.
     """
 
     def __init__(
@@ -40,8 +43,13 @@ class MultiScaleFeatureAggregator(nn.Module):
         grid_size: tuple[int, int],
         pre_trained: bool = True,
         backbone_weights: str | None = None,
+        feature_norm: str = "layer",
     ) -> None:
         super().__init__()
+        if feature_norm not in FEATURE_NORMS:
+            msg = f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got '{feature_norm}'."
+            raise BadInputError(msg)
+        self.feature_norm = feature_norm
         self.backbone = build_backbone(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
         self.grid_size = grid_size
         self.out_channels = sum(self.backbone.out_channels)
@@ -59,7 +67,9 @@ class MultiScaleFeatureAggregator(nn.Module):
         """``(B, C, H, W)`` aggregated features (no gradient: the backbone is frozen)."""
         maps = []
         for feature in self.backbone(images):
-            normalised = F.layer_norm(feature.permute(0, 2, 3, 1), feature.shape[1:2]).permute(0, 3, 1, 2)
+            normalised = feature
+            if self.feature_norm == "layer":
+                normalised = F.layer_norm(feature.permute(0, 2, 3, 1), feature.shape[1:2]).permute(0, 3, 1, 2)
             maps.append(self._to_grid(normalised))
         return torch.cat(maps, dim=1)
 
@@ -182,6 +192,8 @@ class MfrnetModel(nn.Module):
             is taken on the combined restoration, exactly the test-time statistic; ``"one"``: one random mask of
             the set per image, the loss on its hidden cells only (the visible cells keep the true features inside
             the SSIM windows); ``n`` times cheaper.
+        feature_norm: Normalisation of the tapped features (see :class:`MultiScaleFeatureAggregator`).
+        top_ratio: Share of the highest anomaly-map values averaged into the image score; ``0`` takes the maximum.
     """
 
     def __init__(
@@ -202,6 +214,8 @@ class MfrnetModel(nn.Module):
         loss: HybridLoss | None = None,
         sigma: float = 4.0,
         train_masks: str = "all",
+        feature_norm: str = "layer",
+        top_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         if train_masks not in TRAIN_MASKS:
@@ -218,8 +232,14 @@ class MfrnetModel(nn.Module):
             )
             raise BadInputError(msg)
         self.aggregator = MultiScaleFeatureAggregator(
-            backbone, layers, grid, pre_trained=pre_trained, backbone_weights=backbone_weights
+            backbone,
+            layers,
+            grid,
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            feature_norm=feature_norm,
         )
+        self.top_ratio = top_ratio
         self.mask_generator = CrossedMaskGenerator(grid, k=k, n=n)
         self.restoration = RestorationNetwork(
             self.aggregator.out_channels, embed_dim, depth, num_heads, mlp_ratio, conv_kernel
@@ -262,7 +282,6 @@ class MfrnetModel(nn.Module):
         return self.loss.score_map(restored, features)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Score images: the smoothed, upsampled hybrid-loss map and its maximum as the image score."""
+        """Score images: the smoothed, upsampled hybrid-loss map; its maximum (or top share) is the image score."""
         anomaly_map = self.anomaly_map_generator(self.score_map(images), image_size=tuple(images.shape[-2:]))
-        pred_score = anomaly_map.flatten(1).amax(dim=1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
