@@ -42,7 +42,6 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA_ENV = "ANOMALIB_REPAIR_SHARED_DATA"
-DEFAULT_CATEGORIES = ("hazelnut_toy", "magnetic_tile")
 OURS = {"cras": "CRAS", "crr": "CRR", "mfrnet": "MFRNet"}  # built from configs/<method>/cpu_reduced.yaml
 ONE_PASS = ("padim", "patchcore", "dfm", "dfkde", "mh_patchcore")  # 1 epoch: fit statistics / memory banks
 METHODS = (*OURS, "padim", "patchcore", "glass", "stfpm", "dfm", "supersimplenet")  # the default set
@@ -146,8 +145,19 @@ def shared_data_dir() -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of the parent (and, with ``--worker``, of a worker)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=None, help="MVTec-layout folder (default <shared>/real)")
-    parser.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES))
+    parser.add_argument(
+        "--root",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="MVTec-layout folder(s) (default <shared>/real); with several, one unified model per method and root",
+    )
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        default=None,
+        help="categories of the root (default: every category folder under it; with several roots, each root's)",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, *EXTRA_METHODS))
     parser.add_argument("--image-size", type=int, default=128, help="S: images are resized to S x S")
     parser.add_argument(
@@ -181,6 +191,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def root_categories(root: Path) -> list[str]:
+    """Category folders of an MVTec-layout root (those with a ``train`` folder), sorted."""
+    return sorted(child.name for child in root.iterdir() if (child / "train").is_dir()) if root.is_dir() else []
+
+
 def settings_from_args(args: argparse.Namespace, root: Path) -> Settings:
     """Resolve the CLI into :class:`Settings` (``--quick`` caps the training images per category)."""
     cap = args.max_train_per_category
@@ -189,7 +204,7 @@ def settings_from_args(args: argparse.Namespace, root: Path) -> Settings:
     textures = shared_data_dir() / "textures"
     return Settings(
         root=str(root),
-        categories=list(args.categories),
+        categories=list(args.categories or root_categories(root)),
         methods=list(args.methods),
         image_size=args.image_size,
         epochs=args.epochs,
@@ -1091,12 +1106,81 @@ def copy_to_latest(output: Path) -> None:
             shutil.copy2(output / name, latest / name)
 
 
+def child_argv(argv: list[str], root: Path, output: Path) -> list[str]:
+    """``argv`` (without the program) for one root: every option kept except ``--root`` and ``--output``."""
+    kept: list[str] = []
+    skipping = False
+    for token in argv:
+        if token.startswith("--"):
+            skipping = token in ("--root", "--output")
+            if token.startswith(("--root=", "--output=")):
+                continue
+        if not skipping:
+            kept.append(token)
+    return [*kept, "--root", str(root), "--output", str(output)]
+
+
+def combine_roots(output: Path, runs: dict[str, Path]) -> list[dict[str, str]]:
+    """``results.csv`` of several roots' runs in one file, a ``root`` column first; a ``results.md`` linking them."""
+    rows: list[dict[str, str]] = []
+    for name, folder in runs.items():
+        with (folder / "results.csv").open() as handle:
+            rows.extend({"root": name, **row} for row in csv.DictReader(handle))
+    if rows:
+        with (output / "results.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    lines = ["# Unified benchmark over several roots", "", "One unified model per method and root.", ""]
+    for name, folder in runs.items():
+        link = f"[`{folder.name}/results.md`]({folder.name}/results.md)"
+        lines += [f"## {name}", "", f"Tables, chart and settings: {link}"]
+        means = [row for row in rows if row["root"] == name and row["category"] == "mean"]
+        lines += ["", "| method | I-AUROC | P-AUROC | AUPRO |", "|---|---:|---:|---:|"]
+        for row in means:
+            cells = [_fmt(_float(row.get(key, ""))) for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")]
+            lines.append(f"| {LABELS.get(row['method'], row['method'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    (output / "results.md").write_text("\n".join(lines))
+    return rows
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def run_roots(args: argparse.Namespace, argv: list[str], roots: list[Path]) -> int:
+    """One full run per root (each in its own subfolder), then the combined ``results.csv``/``results.md``."""
+    output = resolve_output(args)
+    output.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, Path] = {}
+    for root in roots:
+        name = root.name if root.name not in runs else f"{root.parent.name}_{root.name}"
+        runs[name] = output / name
+        command = [sys.executable, str(Path(__file__).resolve()), *child_argv(argv[1:], root, runs[name])]
+        print(f"Benchmark root {root} -> {runs[name]}", flush=True)
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            print(f"root {root}: the run failed (exit {done.returncode}); see {runs[name]}", flush=True)
+    finished = {name: folder for name, folder in runs.items() if (folder / "results.csv").exists()}
+    combine_roots(output, finished)
+    print((output / "results.md").read_text())
+    return 0 if len(finished) == len(runs) else 1
+
+
 def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
     """Run every method in its own subprocess, then write the tables and the chart."""
-    root = (args.root or shared_data_dir() / "real").expanduser().resolve()
-    missing = [c for c in args.categories if not (root / c / "train").is_dir()]
-    if not root.is_dir() or missing:
-        detail = f"no {', '.join(missing)} under it" if root.is_dir() else "not found"
+    roots = [path.expanduser().resolve() for path in (args.root or [shared_data_dir() / "real"])]
+    if len(roots) > 1:
+        return run_roots(args, argv, roots)
+    root = roots[0]
+    wanted = args.categories or root_categories(root)
+    missing = [c for c in wanted if not (root / c / "train").is_dir()]
+    if not root.is_dir() or missing or not wanted:
+        detail = f"no {', '.join(missing) or 'category folders'} under it" if root.is_dir() else "not found"
         print(f"SKIPPED: benchmark data root {root}: {detail} (set --root or ${SHARED_DATA_ENV}).")
         return 0
     started = time.perf_counter()

@@ -71,3 +71,42 @@ def test_the_weight_check_tells_packaged_from_random_weights() -> None:
     packaged = compare.pretrained_backbone(list(compare.LAYERS)).feature_extractor
     extractor.load_state_dict(packaged.state_dict())
     assert compare.check_pretrained(model) is model
+
+
+def test_several_roots_each_get_their_own_run_with_the_other_options_kept(tmp_path: Path) -> None:
+    argv = ["--quick", "--root", "/data/a", "/data/b", "--methods", "padim", "cras", "--output", "/out"]
+    child = compare.child_argv(argv, Path("/data/a"), tmp_path / "a")
+    assert child == ["--quick", "--methods", "padim", "cras", "--root", "/data/a", "--output", str(tmp_path / "a")]
+    assert compare.child_argv(["--root=/x", "--output=/y", "--seed", "3"], Path("/x"), Path("/o")) == [
+        "--seed", "3", "--root", "/x", "--output", "/o",
+    ]  # fmt: skip
+    args = compare.parse_args(["--root", "/data/a", "/data/b"])
+    assert args.root == [Path("/data/a"), Path("/data/b")] and args.categories is None
+
+
+def test_categories_default_to_every_category_folder_of_the_root(tmp_path: Path) -> None:
+    for name in ("screw", "bottle"):
+        (tmp_path / name / "train" / "good").mkdir(parents=True)
+    (tmp_path / "license_files").mkdir()
+    assert compare.root_categories(tmp_path) == ["bottle", "screw"]
+    settings = compare.settings_from_args(compare.parse_args(["--accelerator", "cpu"]), tmp_path)
+    assert settings.categories == ["bottle", "screw"]
+
+
+def test_runs_over_several_roots_are_combined_with_a_root_column(tmp_path: Path) -> None:
+    header = "method,category,image_AUROC,pixel_AUROC,pixel_AUPRO,train_s\n"
+    runs = {}
+    for name, value in (("real", "0.9"), ("demo", "0.7")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.csv").write_text(header + f"padim,x,{value},0.8,0.5,3\npadim,mean,{value},0.8,0.5,3\n")
+        runs[name] = folder
+    rows = compare.combine_roots(tmp_path, runs)
+    assert [(row["root"], row["category"]) for row in rows] == [
+        ("real", "x"), ("real", "mean"), ("demo", "x"), ("demo", "mean"),
+    ]  # fmt: skip
+    combined = (tmp_path / "results.csv").read_text().splitlines()
+    assert combined[0].startswith("root,method,category,image_AUROC")
+    report = (tmp_path / "results.md").read_text()
+    assert "## real" in report and "## demo" in report
+    assert "| PaDiM | 0.900 | 0.800 | 0.500 |" in report and "| PaDiM | 0.700 | 0.800 | 0.500 |" in report
