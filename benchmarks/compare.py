@@ -134,6 +134,7 @@ class Settings:
     quick: bool
     accelerator: str = "cpu"
     precision: str = "32-true"
+    crr_budget: str = "recipe"  # runs recorded before the option gave CRR its recipe's steps
 
 
 def shared_data_dir() -> Path:
@@ -164,7 +165,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=3,
-        help="E: epochs of CRAS, MFRNet, GLASS (PaDiM/PatchCore: 1; CRR: its recipe's steps)",
+        help="E: epochs of CRAS, CRR, MFRNet, GLASS and the other trained methods (one-pass methods: 1)",
+    )
+    parser.add_argument(
+        "--crr-budget",
+        choices=("epochs", "recipe"),
+        default="epochs",
+        help="epochs: CRR gets E epochs' worth of steps, split as in its recipe; recipe: its recipe's fixed steps",
     )
     parser.add_argument("--output", type=Path, default=None, help="default benchmarks/results/<timestamp>")
     parser.add_argument("--quick", action="store_true", help=f"cap training images at {QUICK_TRAIN_CAP}/category")
@@ -219,6 +226,7 @@ def settings_from_args(args: argparse.Namespace, root: Path) -> Settings:
         quick=args.quick,
         accelerator=resolve_accelerator(args.accelerator),
         precision=args.precision,
+        crr_budget=args.crr_budget,
     )
 
 
@@ -355,7 +363,39 @@ def build_ours(method: str, settings: Settings) -> Any:
             init[key] = settings.image_size
     if "texture_dir" in init:
         init["texture_dir"] = settings.textures
+    if method == "crr" and settings.crr_budget == "epochs":
+        init.update(crr_schedule(init, epoch_steps(settings)))
     return model_class(**init, **common_kwargs(settings))
+
+
+def training_images(settings: Settings) -> int:
+    """Training images the run uses: every category's ``train/good`` images, capped as the datamodule caps them."""
+    from anomalib_repair.data.synthesis.anomaly_synthesis import IMAGE_SUFFIXES
+
+    total = 0
+    for category in settings.categories:
+        folder = Path(settings.root) / category / "train" / "good"
+        count = sum(1 for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        cap = settings.max_train_per_category
+        total += count if cap is None else min(count, cap)
+    return total
+
+
+def epoch_steps(settings: Settings) -> int:
+    """Optimiser steps of E epochs at the run's training batch size (the last, partial batch counts)."""
+    return settings.epochs * math.ceil(training_images(settings) / settings.train_batch_size)
+
+
+def crr_schedule(recipe: dict[str, Any], total: int) -> dict[str, int]:
+    """CRR's stage steps for a budget of ``total`` steps, split and scheduled in the proportions of its recipe."""
+    stage1, stage2 = int(recipe["stage1_steps"]), int(recipe["stage2_steps"])
+    scale = total / (stage1 + stage2)
+    first = min(total - 1, max(1, round(stage1 * scale))) if stage2 else total
+    schedule = {"stage1_steps": first, "stage2_steps": total - first}
+    for key in ("warmup_steps", "hard_mining_ramp"):
+        if key in recipe:
+            schedule[key] = max(1, round(int(recipe[key]) * scale))
+    return schedule
 
 
 def build_padim(settings: Settings) -> Any:
@@ -465,11 +505,14 @@ def trainer_budget(method: str, settings: Settings) -> dict[str, Any]:
     """Training length and the single validation pass (thresholds) at its end.
 
     PaDiM, PatchCore, DFM, DFKDE and MH-PatchCore are one-pass methods (1 epoch); the other trained methods get the
-    epoch budget E; a recipe that counts steps (CRR: stage I + stage II) keeps its ``trainer.max_steps``.
+    epoch budget E. CRR counts steps (stage I + stage II): by default E epochs' worth of them (``crr_budget``
+    ``"epochs"``), or its recipe's ``trainer.max_steps`` (``"recipe"``).
     """
     if method in ONE_PASS:
         return {"max_epochs": 1, "check_val_every_n_epoch": 1}
     steps = reduced_recipe(method).get("trainer", {}).get("max_steps") if method in OURS else None
+    if method == "crr" and settings.crr_budget == "epochs":
+        steps = epoch_steps(settings)
     if steps:
         return {"max_epochs": -1, "max_steps": steps, "check_val_every_n_epoch": None, "val_check_interval": steps}
     return {"max_epochs": settings.epochs, "check_val_every_n_epoch": settings.epochs}
@@ -1003,8 +1046,14 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "args (layers, widths, steps) of their `configs/<model>/cpu_reduced.yaml` "
         "(recorded per method in results.json), with S and the texture folder from these settings.",
         "Budget: trained methods (CRAS, MFRNet, GLASS, STFPM, SuperSimpleNet, ...) E epochs; PaDiM, PatchCore, DFM "
-        "(DFKDE, MH-PatchCore) 1 pass; CRR counts optimiser steps (stage I + stage II of its recipe, "
-        "`trainer.max_steps`), shown with the equivalent epochs.",
+        "(DFKDE, MH-PatchCore) 1 pass; "
+        + (
+            "CRR the same E epochs counted as optimiser steps (E x batches per epoch), split into stage I and II "
+            "and scheduled (warm-up, hard-mining ramp) in the proportions of its reduced recipe."
+            if settings.crr_budget == "epochs"
+            else "CRR its reduced recipe's fixed optimiser steps (stage I + stage II, `trainer.max_steps`), shown with "
+            "the equivalent epochs."
+        ),
         "Also run offline with this backbone, but not in the default set (time): "
         + ", ".join(LABELS[method] for method in EXTRA_METHODS)
         + " (`--methods ...`). Cannot run here: "

@@ -26,12 +26,37 @@ def _load() -> ModuleType:
 compare = _load()
 
 
-def test_one_pass_methods_get_one_epoch_and_trained_ones_the_budget() -> None:
-    settings = compare.settings_from_args(compare.parse_args(["--epochs", "4", "--accelerator", "cpu"]), ROOT)
+def _fake_root(root: Path, counts: dict[str, int]) -> Path:
+    for category, count in counts.items():
+        folder = root / category / "train" / "good"
+        folder.mkdir(parents=True)
+        for index in range(count):
+            (folder / f"{index:03d}.png").touch()
+    return root
+
+
+def test_one_pass_methods_get_one_epoch_and_trained_ones_the_budget(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path, {"a": 28, "b": 300})
+    argv = ["--epochs", "4", "--accelerator", "cpu", "--max-train-per-category", "200"]
+    settings = compare.settings_from_args(compare.parse_args(argv), root)
     assert compare.trainer_budget("dfm", settings)["max_epochs"] == 1
     assert compare.trainer_budget("stfpm", settings)["max_epochs"] == 4
+    # CRR: the same 4 epochs as optimiser steps: 28 + 200 (capped) images at batch 16 = 15 batches an epoch
+    assert compare.training_images(settings) == 228
     crr = compare.trainer_budget("crr", settings)
-    assert crr["max_epochs"] == -1 and crr["max_steps"] == crr["val_check_interval"] > 0
+    assert crr["max_epochs"] == -1 and crr["max_steps"] == crr["val_check_interval"] == 60
+    recipe = compare.trainer_budget(
+        "crr", compare.settings_from_args(compare.parse_args([*argv, "--crr-budget", "recipe"]), root)
+    )
+    assert recipe["max_steps"] == 140  # configs/crr/cpu_reduced.yaml
+
+
+def test_crr_schedule_keeps_the_recipes_proportions() -> None:
+    recipe = {"stage1_steps": 100, "stage2_steps": 40, "warmup_steps": 10, "hard_mining_ramp": 30}
+    schedule = compare.crr_schedule(recipe, 45)
+    assert schedule == {"stage1_steps": 32, "stage2_steps": 13, "warmup_steps": 3, "hard_mining_ramp": 10}
+    assert compare.crr_schedule(recipe, 140) == recipe
+    assert compare.crr_schedule(recipe, 2)["stage2_steps"] == 1  # both stages always run
 
 
 def test_accelerator_auto_follows_cuda_and_gpu_without_cuda_is_refused() -> None:
