@@ -81,6 +81,26 @@ def reliability(session: nox.Session) -> None:
 
 
 @nox.session
+def scaling(session: nox.Session) -> None:
+    """Record how training time and memory grow with categories, and the model-specific scaling/ablation runs."""
+    _install(session)
+    env = {"PYTHONPATH": "src"}
+    session.run(PYTHON, "benchmarks/category_scaling.py", *session.posargs, external=True, env=env)
+    cras_output = "benchmarks/results/cras_scaling"
+    session.run(PYTHON, "benchmarks/cras_scaling.py", "--output", cras_output, external=True, env=env)
+    session.run(PYTHON, "benchmarks/crr_eval_masking.py", external=True, env=env)
+    session.run(PYTHON, "benchmarks/mfrnet_feature_scale.py", external=True, env=env)
+    session.run(
+        PYTHON,
+        "benchmarks/mfrnet_ablation.py",
+        "--output",
+        "benchmarks/results/mfrnet_ablation",
+        external=True,
+        env=env,
+    )
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site, strict (broken links, missing pages or stale published numbers fail the build)."""
     _install(session)
