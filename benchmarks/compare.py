@@ -757,7 +757,23 @@ def environment(argv: list[str]) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         "processor": platform.processor() or platform.machine(),
+        "git_commit": git_commit(),
     }
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """The checked-out commit of ``root``, with ``+changes`` when tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
 
 
 @functools.cache
@@ -879,7 +895,8 @@ def markdown_report(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         f"Date {env['date']}; torch {env['torch']}, anomalib {env['anomalib']}, timm {env['timm']}; "
         f"{env['cpu_count']} CPUs ({env['cpus_usable']} usable), {env['torch_threads']} torch threads; "
-        f"load average at start {env['load_average_at_start']}. Total wall time {report['wall_s'] / 60:.1f} min.",
+        f"load average at start {env['load_average_at_start']}. Total wall time {report['wall_s'] / 60:.1f} min."
+        + (f" Commit `{env['git_commit']}`." if env.get("git_commit") else ""),
         "",
         "_Timings come from a shared 2-core CPU machine (other processes may have run at the same time): "
         "compare them as ratios, not as absolute numbers._",

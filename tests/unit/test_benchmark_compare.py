@@ -135,3 +135,21 @@ def test_runs_over_several_roots_are_combined_with_a_root_column(tmp_path: Path)
     report = (tmp_path / "results.md").read_text()
     assert "## real" in report and "## demo" in report
     assert "| PaDiM | 0.900 | 0.800 | 0.500 |" in report and "| PaDiM | 0.700 | 0.800 | 0.500 |" in report
+
+
+def test_a_run_records_its_commit_and_whether_tracked_files_differ(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # a checkout around tmp must not count
+    assert compare.git_commit(tmp_path) is None  # not a checkout: nothing to record, no error
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("one\n")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "new_results.csv").write_text("untracked output does not count\n")
+    assert compare.git_commit(tmp_path) == head
+    (tmp_path / "a.txt").write_text("two\n")
+    assert compare.git_commit(tmp_path) == f"{head}+changes"
+    assert "git_commit" in compare.environment(["benchmarks/compare.py"])
