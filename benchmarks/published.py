@@ -51,6 +51,13 @@ LABELS = {
     "floor_ms_per_image_b32": "floor ms b32",
     "peak_rss_train_mb": "peak RSS fit MB",
     "peak_rss_mb": "peak RSS fit+test MB",
+    "ms_per_image_b32_run1": "ms/img b32, run 1",
+    "ms_per_image_b32_run2": "ms/img b32, run 2",
+    "ms_per_image_b32_spread_pct": "ms/img b32 spread %",
+    "x_backbone_b32_run1": "× backbone b32, run 1",
+    "x_backbone_b32_run2": "× backbone b32, run 2",
+    "x_backbone_b32_spread": "× backbone b32 spread",
+    "image_AUROC_spread": "I-AUROC spread",
 }
 
 
@@ -76,8 +83,8 @@ def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]], list[str] | None]
 
 
 def _cell(value: str, column: str) -> str:
-    """Metrics (``image_*``, ``pixel_*``, spreads, ratios) and numbers below 1 to 3 decimals; ``x_*`` to 2; other
-    numbers to 1 decimal, whole above 100; text as is."""
+    """Metrics (``image_*``, ``pixel_*``, spreads, ratios) and numbers below 1 to 3 decimals; ``x_*`` to 2; ``*_pct``
+    and other numbers to 1 decimal, whole above 100; text as is."""
     try:
         number = float(value)
     except ValueError:
@@ -88,7 +95,7 @@ def _cell(value: str, column: str) -> str:
         return f"{number:.2f}"
     if number.is_integer() and "." not in value:
         return value
-    if abs(number) < 1:
+    if abs(number) < 1 and not column.endswith("_pct"):
         return f"{number:.3f}"
     return f"{number:.0f}" if abs(number) >= 100 else f"{number:.1f}"
 
