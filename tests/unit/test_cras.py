@@ -69,7 +69,63 @@ def test_forward_gives_anomalib_inference_batch_with_full_size_maps():
         out = model(torch.rand(3, 3, 64, 64))
     assert out.pred_score.shape == (3,)
     assert out.anomaly_map.shape == (3, 1, 64, 64)
-    assert ((out.pred_score >= 0) & (out.pred_score <= 1)).all()
+    assert torch.isfinite(out.pred_score).all()
+
+
+def _saturating_pair() -> tuple[CrasModel, CrasModel, torch.Tensor]:
+    """Two copies of one model (logit / probability scores) whose logits are scaled far past sigmoid saturation."""
+    torch.manual_seed(0)
+    logit_model = _small_model()
+    with torch.no_grad():
+        logit_model.discriminator[-1].weight.abs_().mul_(1e3)  # some patch of every image: a logit of hundreds
+    probability_model = _small_model()
+    probability_model.load_state_dict(logit_model.state_dict())
+    probability_model.score_mode = "probability"
+    return logit_model, probability_model, torch.rand(6, 3, 64, 64)
+
+
+def test_saturated_probabilities_tie_every_image_and_logit_scores_do_not():
+    logit_model, probability_model, images = _saturating_pair()
+    with torch.no_grad():
+        tied = probability_model(images).pred_score
+        ranked = logit_model(images).pred_score
+    # The paper's score: every image's max patch probability is exactly 1.0 in float32, so AUROC would be 0.5.
+    assert torch.equal(tied, torch.ones_like(tied))
+    # The default score (the max logit) keeps the images apart, and it is a finite, large number.
+    assert ranked.unique().numel() == len(images)
+    assert (ranked > 17).all() and torch.isfinite(ranked).all()
+
+
+def test_logit_and_probability_scores_rank_images_alike_below_saturation():
+    torch.manual_seed(1)
+    logit_model = _small_model()
+    probability_model = _small_model()
+    probability_model.load_state_dict(logit_model.state_dict())
+    probability_model.score_mode = "probability"
+    images = torch.rand(8, 3, 64, 64)
+    with torch.no_grad():
+        logit_out, probability_out = logit_model(images), probability_model(images)
+    torch.testing.assert_close(torch.sigmoid(logit_out.pred_score), probability_out.pred_score)
+    assert torch.equal(logit_out.pred_score.argsort(), probability_out.pred_score.argsort())
+
+
+def test_cras_loss_takes_logits_and_equals_bce_on_the_sigmoid():
+    from anomalib_repair.models.cras.loss import CrasLoss
+
+    real, fake = torch.randn(50), torch.randn(50)
+    expected = F.binary_cross_entropy(torch.sigmoid(real), torch.zeros(50)) + F.binary_cross_entropy(
+        torch.sigmoid(fake), torch.ones(50)
+    )
+    torch.testing.assert_close(CrasLoss()(real, fake), expected)
+    saturated = CrasLoss()(torch.tensor([40.0]), torch.tensor([-40.0]))  # BCE on σ would clamp log(0) to -100
+    torch.testing.assert_close(saturated, torch.tensor(80.0), atol=1e-4, rtol=0)
+
+
+def test_unknown_score_mode_is_one_clear_error():
+    from anomalib_repair.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="score_mode must be one of logit, probability"):
+        CRAS(**LITE, pre_trained=False, score_mode="sigmoid")
 
 
 def test_class_inference_picks_the_center_set_the_image_resembles():

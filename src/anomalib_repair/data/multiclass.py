@@ -25,6 +25,7 @@ from torchvision.transforms.v2 import Transform
 
 from anomalib_repair.data.category import CategoryIndex
 from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
+from anomalib_repair.data.eval_halves import TEST_HALVES, half_indices
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 from anomalib_repair.seeding import apply_cli_seed
@@ -66,6 +67,10 @@ class MultiClassDataModule(AnomalibDataModule):
         seed: Seed for the splits.
         verify_images: Open and ``verify()`` every image and mask at set-up (about 0.3 ms a file) so that a
             truncated file or a mask of the wrong size fails at once, in one line naming the file.
+        test_half: ``None`` (every test image), ``"tune"`` or ``"report"``: keep only that seeded, per-category,
+            per-defect-type half of the test images (:mod:`anomalib_repair.data.eval_halves`). Choose settings on
+            ``"tune"``, report on ``"report"``.
+        test_half_seed: Seed of the two halves.
 
     Example:
         >>> datamodule = MultiClassDataModule("anomalib.data.MVTecAD", root="./datasets/MVTecAD",
@@ -96,7 +101,12 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_ratio: float = 0.5,
         seed: int | None = None,
         verify_images: bool = True,
+        test_half: str | None = None,
+        test_half_seed: int = 0,
     ) -> None:
+        if test_half not in {None, *TEST_HALVES}:
+            msg = f"test_half must be None, 'tune' or 'report', got '{test_half}'."
+            raise BadInputError(msg)
         apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         super().__init__(
             train_batch_size=train_batch_size,
@@ -128,6 +138,8 @@ class MultiClassDataModule(AnomalibDataModule):
         self.category = self._category_label()
         self.category_index: CategoryIndex | None = None
         self.verify_images = verify_images
+        self.test_half = test_half
+        self.test_half_seed = test_half_seed
         self._verified: set[str] = set()
 
     # ------------------------------------------------------------------ categories
@@ -249,6 +261,11 @@ class MultiClassDataModule(AnomalibDataModule):
             test_sets.append(test)
         self.train_data = with_checked_items(_concatenate(train_sets))
         self.test_data = with_checked_items(_concatenate(test_sets))
+        if self.test_half is not None:
+            samples = self.test_data.samples
+            names = [path_to_category[path] for path in samples["image_path"].astype(str)]
+            keep = half_indices(names, samples["label"].astype(str).tolist(), self.test_half, self.test_half_seed)
+            self.test_data = self.test_data.subsample(keep)
         if self.verify_images:
             for dataset in (self.train_data, self.test_data):
                 verify_samples(dataset.samples, self._verified)
@@ -329,6 +346,8 @@ _SHARED_DOC = """
         seed: Seed for the splits.
         category_kwargs: Extra arguments for every per-category anomalib datamodule.
         verify_images: Open and ``verify()`` every image and mask at set-up so that a bad file fails at once.
+        test_half: ``None``, ``"tune"`` or ``"report"``: only that seeded per-category half of the test images.
+        test_half_seed: Seed of the two halves.
 """
 
 
@@ -357,6 +376,8 @@ class _NamedMultiClass(MultiClassDataModule):
         seed: int | None = None,
         category_kwargs: dict[str, Any] | None = None,
         verify_images: bool = True,
+        test_half: str | None = None,
+        test_half_seed: int = 0,
     ) -> None:
         super().__init__(
             datamodule_class=self.anomalib_class,
@@ -379,6 +400,8 @@ class _NamedMultiClass(MultiClassDataModule):
             val_split_ratio=val_split_ratio,
             seed=seed,
             verify_images=verify_images,
+            test_half=test_half,
+            test_half_seed=test_half_seed,
         )
 
 

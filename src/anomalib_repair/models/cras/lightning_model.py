@@ -29,7 +29,7 @@ from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
-from anomalib_repair.models.cras.torch_model import CrasModel
+from anomalib_repair.models.cras.torch_model import SCORE_MODES, CrasModel
 from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         center_dtype: Storage precision of the class centers, ``"float32"`` (paper) or ``"float16"`` (half the
             memory for many categories).
         match_chunk: Images matched against their centers at once (memory bound of the matching).
+        score_mode: ``"logit"`` (default): patch scores, map and image score are the discriminator's logits;
+            ``"probability"`` (paper): its sigmoid, which saturates at 1.0 and can tie every image's score.
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
             backbone's patch features once and reuse them every epoch (fp16; needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
@@ -92,6 +94,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         sigma: float = 4.0,
         center_dtype: str = "float32",
         match_chunk: int = 8,
+        score_mode: str = "logit",
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
         pre_processor: nn.Module | bool = True,
@@ -104,6 +107,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             raise BadInputError(msg)
         if center_dtype not in {"float32", "float16"}:
             msg = f"center_dtype must be 'float32' or 'float16', got '{center_dtype}'."
+            raise BadInputError(msg)
+        if score_mode not in SCORE_MODES:
+            msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
             raise BadInputError(msg)
         apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
@@ -125,6 +131,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             sigma=sigma,
             center_dtype=center_dtype,
             match_chunk=match_chunk,
+            score_mode=score_mode,
         )
         self.loss = CrasLoss()
         self.noise_std = noise_std
@@ -252,7 +259,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         real = adapted.flatten(0, 1)
         matched = centers.flatten(0, 1)
         fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
-        scores = self.model.score(torch.cat([real, fake]), torch.cat([matched, matched]))
+        scores = self.model.logits(torch.cat([real, fake]), torch.cat([matched, matched]))
         if not torch.isfinite(scores).all():  # the loss would fail inside binary cross-entropy, deep down
             msg = "CRAS scores are not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
             raise BadInputError(msg)

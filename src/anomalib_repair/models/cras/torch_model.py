@@ -21,11 +21,17 @@ def _xavier_linear(layer: nn.Module) -> None:
         nn.init.xavier_normal_(layer.weight)
 
 
-class ResidualDiscriminator(nn.Sequential):
-    """MLP that scores ``[f, f - c]`` as an anomaly probability.
+SCORE_MODES = ("logit", "probability")
 
-    Two Linear, BatchNorm, LeakyReLU(0.2) blocks halve the width, then a bias-free Linear gives one logit and a
-    sigmoid the probability.
+
+class ResidualDiscriminator(nn.Sequential):
+    """MLP that scores ``[f, f - c]`` with one anomaly logit.
+
+    Two Linear, BatchNorm, LeakyReLU(0.2) blocks halve the width, then a bias-free Linear gives one logit. The
+    paper's sigmoid is not a layer here: the loss takes the logit (binary cross-entropy with logits, the same
+    function as BCE on the sigmoid, without its saturation), and :class:`CrasModel` applies the sigmoid only when
+    ``score_mode="probability"``. The layer indices, hence the state-dict keys, are those of a network that ended
+    with a ``Sigmoid`` (it has no parameters).
 
     Args:
         embed_dim: Width ``D`` of a feature; the input is ``2·D``.
@@ -38,7 +44,7 @@ class ResidualDiscriminator(nn.Sequential):
         for _ in range(num_blocks):
             layers += [nn.Linear(width, width // 2), nn.BatchNorm1d(width // 2), nn.LeakyReLU(0.2)]
             width //= 2
-        layers += [nn.Linear(width, 1, bias=False), nn.Sigmoid()]
+        layers += [nn.Linear(width, 1, bias=False)]
         super().__init__(*layers)
         self.apply(_xavier_linear)
 
@@ -56,6 +62,10 @@ class CrasModel(nn.Module):
         sigma: Gaussian smoothing of the anomaly map (4).
         center_dtype: Storage precision of the class centers (``"float32"`` or ``"float16"``).
         match_chunk: Images matched against the centers at once (bounds the memory of the similarity matrix).
+        score_mode: What the patch scores, the map and the image score are made of: ``"logit"`` (the
+            discriminator's pre-sigmoid output; default) or ``"probability"`` (its sigmoid, the paper's). Both rank
+            patches the same until the sigmoid saturates: in float32 ``sigmoid(x) == 1.0`` for every ``x > 16.6``,
+            and once a patch of every test image is there, all images tie at 1.0 (image AUROC 0.5).
     """
 
     def __init__(
@@ -69,8 +79,13 @@ class CrasModel(nn.Module):
         sigma: float = 4.0,
         center_dtype: str = "float32",
         match_chunk: int = 8,
+        score_mode: str = "logit",
     ) -> None:
         super().__init__()
+        if score_mode not in SCORE_MODES:
+            msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
+            raise ValueError(msg)
+        self.score_mode = score_mode
         self.backbone = build_backbone(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
         self.aggregator = PatchAggregator(pool_dim=embed_dim, patch_size=patch_size)
         self.adaptor = nn.Linear(embed_dim, embed_dim)
@@ -126,9 +141,14 @@ class CrasModel(nn.Module):
         nearest = similarity.argmax(dim=2)
         return torch.gather(bank, 1, nearest.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
 
-    def score(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-        """Discriminator output for ``(N, D)`` features and their centers: ``(N,)`` anomaly probabilities."""
+    def logits(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """Discriminator logits for ``(N, D)`` features and their centers: ``(N,)`` (what the loss takes)."""
         return self.discriminator(torch.cat([features, features - centers], dim=1)).squeeze(1)
+
+    def score(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """Patch anomaly scores for ``(N, D)`` features: logits, or probabilities with ``score_mode="probability"``."""
+        logits = self.logits(features, centers)
+        return torch.sigmoid(logits) if self.score_mode == "probability" else logits
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
