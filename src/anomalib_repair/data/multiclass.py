@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from anomalib_repair.data.category import CategoryIndex
-from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.eval_halves import TEST_HALVES, half_indices
+from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 from anomalib_repair.seeding import apply_cli_seed
