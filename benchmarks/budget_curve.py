@@ -1,0 +1,434 @@
+"""Budget curves: accuracy of one method against its training time, on the tune and report halves of the test set.
+
+One run trains a method (ours from ``configs/<method>/cpu_reduced.yaml`` plus ``--set`` overrides, or anomalib's
+PaDiM / PatchCore) on the **full** training sets of an MVTec-layout root (default ``../shared/data/real``), with the
+benchmark's backbone and pre-processing (:mod:`compare`), and evaluates it at every budget in ``--budgets``:
+
+- epoch-trained methods (CRAS, MFRNet): one training per seed up to the largest budget, evaluated at the end of
+  each budget epoch (the clock stops while it evaluates);
+- CRR (a stage switch by step count): one training per budget, its two stages scaled as in its recipe;
+- PaDiM / PatchCore: one pass (their setting comes from ``--set``; budgets are ignored).
+
+Evaluation takes the model's **raw** outputs (``pred_score``, ``anomaly_map``; no post-processing, no clamping)
+on every test image once, then scores the two seeded halves of :mod:`anomalib_repair.data.eval_halves`
+separately: choose on ``tune``, report ``report``. Every row of the CSV names its half. A category whose image
+scores are all equal is flagged ``degenerate``.
+
+    PYTHONPATH=src python benchmarks/budget_curve.py --method cras --budgets 1 3 10 30 --seeds 0 1 2 \
+        --output benchmarks/results/budget_curves/cras_128.csv
+    PYTHONPATH=src python benchmarks/budget_curve.py --method padim --set n_features=50 --output ...
+
+Rows are appended as they are measured (a long run that is stopped keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare
+
+PEERS = ("padim", "patchcore")
+STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
+COLUMNS = (
+    "method",
+    "variant",
+    "image_size",
+    "seed",
+    "budget",
+    "budget_unit",
+    "train_min",
+    "half",
+    "category",
+    "image_AUROC",
+    "pixel_AUROC",
+    "pixel_AUPRO",
+    "degenerate",
+    "score_mode",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", required=True, choices=(*compare.OURS, *PEERS))
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10], help="epochs (CRR: steps)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--root", type=Path, default=None, help="MVTec-layout root (default <shared>/real)")
+    parser.add_argument("--categories", nargs="+", default=None)
+    parser.add_argument("--half-seed", type=int, default=0, help="seed of the tune/report halves")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model arguments (YAML values)")
+    parser.add_argument("--variant", default=None, help="label of this configuration (default: the --set values)")
+    parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--both-score-modes", action="store_true", help="CRAS: also score with probabilities")
+    parser.add_argument("--output", type=Path, required=True, help="CSV to append rows to")
+    return parser.parse_args(argv)
+
+
+def overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, each value read as YAML (numbers, lists, ``null``)."""
+    import yaml
+
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            msg = f"--set takes KEY=VALUE, got '{pair}'"
+            raise SystemExit(msg)
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def settings_for(args: argparse.Namespace, seed: int) -> compare.Settings:
+    """The benchmark's settings for this run: full training sets, no latency timing."""
+    root = args.root or compare.shared_data_dir() / "real"
+    textures = compare.shared_data_dir() / "textures"
+    return compare.Settings(
+        root=str(root),
+        categories=list(args.categories or compare.root_categories(root)),
+        methods=[args.method],
+        image_size=args.image_size,
+        epochs=max(args.budgets),
+        seed=seed,
+        train_batch_size=args.train_batch_size,
+        eval_batch_size=32,
+        num_workers=0,
+        max_train_per_category=None,
+        patchcore_ratio=compare.PATCHCORE_RATIO,
+        textures=str(textures) if textures.is_dir() else None,
+        latency_runs=0,
+        quick=False,
+        accelerator="cpu",
+        precision="32-true",
+        crr_budget="epochs",
+    )
+
+
+def build_model(args: argparse.Namespace, settings: compare.Settings, budget: int | None) -> Any:
+    """The method with the recipe and the ``--set`` overrides; CRR's stages scaled to ``budget`` steps."""
+    import inspect
+
+    import anomalib_repair
+
+    extra = overrides(args.set)
+    if args.method == "padim":
+        from anomalib.models import Padim
+
+        kwargs = {"n_features": compare.PADIM_N_FEATURES, **extra, **compare.common_kwargs(settings)}
+        return compare.check_pretrained(
+            Padim(backbone=compare.TIMM_BACKBONE, layers=list(compare.LAYERS), pre_trained=True, **kwargs)
+        )
+    if args.method == "patchcore":
+        from anomalib.models import Patchcore
+
+        kwargs = {"coreset_sampling_ratio": compare.PATCHCORE_RATIO, **extra, **compare.common_kwargs(settings)}
+        return compare.check_pretrained(
+            Patchcore(backbone=compare.TIMM_BACKBONE, layers=list(compare.LAYERS), pre_trained=True, **kwargs)
+        )
+    model_class = getattr(anomalib_repair, compare.OURS[args.method])
+    init = dict(compare.reduced_recipe(args.method)["model"]["init_args"])
+    for key in ("image_size", "crop_size"):
+        if key in inspect.signature(model_class).parameters:
+            init[key] = settings.image_size
+    if "texture_dir" in init:
+        init["texture_dir"] = settings.textures
+    init.update(extra)
+    if args.method in STEP_BUDGET and budget is not None:
+        init.update(compare.crr_schedule(init, budget))
+    return model_class(**init, **compare.common_kwargs(settings))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@dataclasses.dataclass
+class TestSet:
+    """Pre-processed test batches held in memory (decoded once), with each image's category and half."""
+
+    batches: list[tuple[Any, Any, Any]]
+    categories: list[str]
+    halves: list[str]
+
+
+def load_test_set(datamodule: Any, model: Any, half_seed: int) -> TestSet:
+    """Decode and pre-process every test image once; assign each to its tune/report half."""
+    import torch
+
+    from anomalib_repair.data.eval_halves import TEST_HALVES, half_indices
+
+    samples = datamodule.test_data.samples
+    paths = samples["image_path"].astype(str).tolist()
+    categories = datamodule.category_index.names_of(paths)
+    labels = samples["label"].astype(str).tolist()
+    halves = [""] * len(paths)
+    for half in TEST_HALVES:
+        for position in half_indices(categories, labels, half, half_seed):
+            halves[position] = half
+    batches = []
+    transform = model.pre_processor.transform
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            image, mask = transform(batch.image, batch.gt_mask)
+            batches.append((image, mask, batch.gt_label))
+    return TestSet(batches=batches, categories=categories, halves=halves)
+
+
+def raw_outputs(network: Any, test_set: TestSet) -> tuple[Any, Any, Any, Any]:
+    """Raw image scores and anomaly maps of the network (eval mode) over the held test set."""
+    import torch
+
+    was_training = network.training
+    network.eval()
+    scores, maps, labels, masks = [], [], [], []
+    with torch.inference_mode():
+        for image, mask, label in test_set.batches:
+            output = network(image)
+            scores.append(output.pred_score.flatten().float())
+            maps.append(output.anomaly_map.reshape(len(image), *output.anomaly_map.shape[-2:]).float())
+            labels.append(label.flatten().int())
+            masks.append(mask.reshape(len(image), *mask.shape[-2:]).int())
+    network.train(was_training)
+    return torch.cat(scores), torch.cat(maps), torch.cat(labels), torch.cat(masks)
+
+
+def unit_ranks(values: Any) -> Any:
+    """``values`` mapped monotonically (ties kept) onto [0, 1] by their rank among the distinct values.
+
+    torchmetrics' binary AUROC/ROC apply a sigmoid to any input outside [0, 1]: raw scores above ~17 (PaDiM's
+    Mahalanobis distances, CRAS's logits) would all become 1.0 and tie. Ranks keep every order and every tie, so
+    AUROC and AUPRO are unchanged by the mapping.
+    """
+    distinct, inverse = values.unique(return_inverse=True)
+    return inverse.float() / max(1, distinct.numel() - 1)
+
+
+def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:
+    """I-AUROC, P-AUROC, AUPRO per category and half (and their mean over categories), from raw outputs."""
+    import torch
+    from anomalib.metrics import AUPRO
+    from torchmetrics.functional.classification import binary_auroc
+
+    scores, maps, labels, masks = raw_outputs(network, test_set)
+    rows = []
+    for half in ("tune", "report"):
+        per_category = []
+        for category in sorted(set(test_set.categories)):
+            keep = torch.tensor(
+                [c == category and h == half for c, h in zip(test_set.categories, test_set.halves, strict=True)]
+            )
+            aupro = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
+            pixels = unit_ranks(maps[keep])
+            aupro.update(argparse.Namespace(anomaly_map=pixels, gt_mask=masks[keep]))
+            row = {
+                "half": half,
+                "category": category,
+                "image_AUROC": float(binary_auroc(unit_ranks(scores[keep]), labels[keep])),
+                "pixel_AUROC": float(binary_auroc(pixels.flatten(), masks[keep].flatten())),
+                "pixel_AUPRO": float(aupro.compute()),
+                "degenerate": bool(scores[keep].unique().numel() == 1),
+            }
+            per_category.append(row)
+        rows.extend(per_category)
+        mean = {key: statistics.fmean(r[key] for r in per_category) for key in ("image_AUROC", "pixel_AUROC")}
+        mean["pixel_AUPRO"] = statistics.fmean(r["pixel_AUPRO"] for r in per_category)
+        rows.append(
+            {"half": half, "category": "mean", **mean, "degenerate": any(r["degenerate"] for r in per_category)}
+        )
+    return rows
+
+
+def evaluate(model: Any, test_set: TestSet, both_modes: bool) -> list[dict[str, Any]]:
+    """Rows of one evaluation; CRAS with ``both_modes`` also with the paper's probability scores."""
+    network = model.model
+    modes = [getattr(network, "score_mode", "")]
+    if both_modes and hasattr(network, "score_mode"):
+        modes = ["logit", "probability"]
+    rows = []
+    original = modes[0] if not both_modes else network.score_mode
+    for mode in modes:
+        if mode:
+            network.score_mode = mode
+        rows += [{**row, "score_mode": mode} for row in metrics_by_half(network, test_set)]
+    if original:
+        network.score_mode = original
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def budget_recorder(budgets: list[int], on_budget: Callable[[int, float], None]) -> Any:
+    """A callback that calls ``on_budget(epoch, train_minutes)`` after each budget epoch; evaluation is untimed."""
+    from lightning.pytorch import Callback
+
+    class BudgetRecorder(Callback):
+        def __init__(self) -> None:
+            self.start = 0.0
+            self.paused = 0.0
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            del trainer, pl_module
+            self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            del pl_module
+            epoch = trainer.current_epoch + 1
+            if epoch in budgets:
+                minutes = (time.perf_counter() - self.start - self.paused) / 60
+                pause = time.perf_counter()
+                on_budget(epoch, minutes)
+                self.paused += time.perf_counter() - pause
+
+    return BudgetRecorder()
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to the CSV (header once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()})
+    print(f"{path}: +{len(rows)} rows", flush=True)
+
+
+def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestSet | None) -> TestSet:
+    """One training (and its evaluations); returns the held test set for the next run."""
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(seed, workers=True)
+    settings = settings_for(args, seed)
+    datamodule = compare.build_datamodule(settings)
+    model = build_model(args, settings, budget)
+    variant = args.variant or (" ".join(args.set) if args.set else "recipe")
+    base = {"method": args.method, "variant": variant, "image_size": args.image_size, "seed": seed}
+    datamodule.setup()
+    if test_set is None:
+        test_set = load_test_set(datamodule, model, args.half_seed)
+    held = test_set
+
+    def record(budget_value: int, minutes: float, unit: str) -> None:
+        rows = evaluate(model, held, args.both_score_modes)
+        extra = {"budget": budget_value, "budget_unit": unit, "train_min": minutes}
+        append_rows(args.output, [{**base, **extra, **row} for row in rows])
+
+    from anomalib.callbacks import ModelCheckpoint
+
+    run_dir = args.output.parent / "runs" / args.output.stem
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=False)]
+    if args.method in PEERS:
+        trainer_kwargs: dict[str, Any] = {"max_epochs": 1}
+    elif args.method in STEP_BUDGET:
+        assert budget is not None
+        trainer_kwargs = {"max_epochs": -1, "max_steps": budget}
+    else:
+        trainer_kwargs = {"max_epochs": max(args.budgets)}
+        callbacks.append(budget_recorder(sorted(args.budgets), lambda e, m: record(e, m, "epochs")))
+    engine = Engine(
+        default_root_dir=run_dir,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,  # evaluation here is from raw outputs; thresholds are not needed
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    if args.method in PEERS or args.method in STEP_BUDGET:
+        minutes = (time.perf_counter() - start) / 60
+        record(budget or 1, minutes, "steps" if args.method in STEP_BUDGET else "pass")
+    return held
+
+
+def record_command(output: Path, argv: list[str]) -> None:
+    """Note this run's command, date and commit in ``<output>.json`` beside the CSV (one entry per run)."""
+    import datetime as dt
+    import shlex
+
+    sidecar = output.with_suffix(".json")
+    runs = json.loads(sidecar.read_text())["runs"] if sidecar.exists() else []
+    runs.append(
+        {
+            "command": " ".join(shlex.quote(part) for part in ["python", "benchmarks/budget_curve.py", *argv]),
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "git_commit": compare.git_commit(),
+            "cpus": len(os.sched_getaffinity(0)),
+            "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        }
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every seed (and, for CRR, every budget) in this process."""
+    import torch
+
+    torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
+    test_set = None
+    for seed in args.seeds:
+        if args.method in STEP_BUDGET:
+            for budget in sorted(args.budgets):
+                test_set = fit(args, seed, budget, test_set)
+        else:
+            test_set = fit(args, seed, None, test_set)
+    return 0
+
+
+def summary(path: Path, half: str = "report") -> list[dict[str, Any]]:
+    """Mean ± s.d. over seeds of the category-mean rows, per method, variant, size, budget and score mode."""
+    groups: dict[tuple, list[dict[str, str]]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            if row["category"] == "mean" and row["half"] == half:
+                key = (row["method"], row["variant"], row["image_size"], int(row["budget"]), row["score_mode"])
+                groups.setdefault(key, []).append(row)
+    table = []
+    for key, rows in sorted(groups.items()):
+        entry: dict[str, Any] = dict(zip(("method", "variant", "image_size", "budget", "score_mode"), key, strict=True))
+        entry["seeds"] = len(rows)
+        entry["train_min"] = statistics.fmean(float(r["train_min"]) for r in rows)
+        for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+            values = [float(r[metric]) for r in rows]
+            entry[metric] = statistics.fmean(values)
+            entry[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+        entry["degenerate"] = any(r["degenerate"] == "True" for r in rows)
+        table.append(entry)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    record_command(args.output, argv)
+    if args.method in PEERS:  # anomalib's pre_trained=True finds the packaged weights in a private hub cache
+        folder = str(compare.hub_cache())
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_HUB_CACHE"] = folder
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:  # imported already: its constants were read at import
+            constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = folder, True
+    code = run(args)
+    print(json.dumps(summary(args.output), indent=1, default=str))
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""Summarise the recorded budget curves: one table (mean ± s.d. over seeds) and one chart (accuracy vs minutes).
+
+Reads every ``benchmarks/results/budget_curves/*.csv`` written by :mod:`budget_curve` (one row per seed, budget,
+half and category) and writes, beside them:
+
+- ``summary.csv``: per method, variant, input size, score mode, budget and half, the category-mean I-AUROC,
+  P-AUROC and AUPRO as mean and s.d. over seeds, the mean training minutes and a ``degenerate`` flag (a category
+  whose image scores all tied in some seed);
+- ``chart.png``: I-AUROC and P-AUROC of the report half against training minutes, one line per configuration,
+  PaDiM and PatchCore as horizontal lines per input size;
+- ``results.json``: the commands (from each CSV's ``.json`` sidecar) and the date, for the published tables.
+
+    python benchmarks/budget_report.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "benchmarks" / "results" / "budget_curves"
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+KEY = ("method", "variant", "image_size", "score_mode", "budget", "budget_unit", "half")
+PEERS = ("padim", "patchcore")
+OUTPUTS = ("summary.csv",)
+
+
+def raw_rows(folder: Path) -> list[dict[str, str]]:
+    """Every category-mean row of every curve CSV in ``folder``."""
+    rows: list[dict[str, str]] = []
+    for path in sorted(folder.glob("*.csv")):
+        if path.name in OUTPUTS:
+            continue
+        with path.open(newline="") as handle:
+            rows += [row for row in csv.DictReader(handle) if row["category"] == "mean"]
+    return rows
+
+
+def summarise(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Mean and s.d. over seeds per configuration, budget and half (s.d. empty with one seed)."""
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in KEY), []).append(row)
+    table = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = dict(zip(KEY, key, strict=True))
+        entry["seeds"] = len({row["seed"] for row in members})
+        entry["train_min"] = round(statistics.fmean(float(row["train_min"]) for row in members), 2)
+        for metric in METRICS:
+            values = [float(row[metric]) for row in members]
+            entry[metric] = round(statistics.fmean(values), 4)
+            entry[f"{metric}_sd"] = round(statistics.stdev(values), 4) if len(values) > 1 else ""
+        entry["degenerate"] = any(row["degenerate"] == "True" for row in members)
+        table.append(entry)
+    table.sort(
+        key=lambda e: (e["half"], e["method"], e["variant"], int(e["image_size"]), e["score_mode"], int(e["budget"]))
+    )
+    return table
+
+
+def write_summary(path: Path, table: list[dict[str, Any]]) -> None:
+    """``summary.csv``."""
+    columns = [*KEY, "seeds", "train_min", *(f"{m}{s}" for m in METRICS for s in ("", "_sd")), "degenerate"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
+    """I-AUROC and P-AUROC (report half) against training minutes; peers as horizontal lines."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = [row for row in table if row["half"] == "report"]
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    lines: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in report:
+        lines.setdefault((row["method"], row["variant"], row["image_size"], row["score_mode"]), []).append(row)
+    for axis, metric, title in zip(axes, ("image_AUROC", "pixel_AUROC"), ("I-AUROC", "P-AUROC"), strict=True):
+        for (method, variant, size, mode), members in sorted(lines.items()):
+            label = f"{method} {variant} {size}px" + (f" ({mode})" if mode else "")
+            if method in PEERS:
+                best = max(members, key=lambda r: r[metric])
+                axis.axhline(
+                    best[metric],
+                    linestyle="--",
+                    linewidth=1,
+                    label=label,
+                    color="grey" if method == "padim" else "black",
+                )
+                continue
+            members.sort(key=lambda r: float(r["train_min"]))
+            x = [float(r["train_min"]) for r in members]
+            y = [float(r[metric]) for r in members]
+            sd = [float(r[f"{metric}_sd"] or 0) for r in members]
+            axis.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=label)
+        axis.set_xscale("log")
+        axis.set_xlabel("training minutes on 2 CPU cores (log)")
+        axis.set_ylabel(f"mean {title}, report half (mean ± s.d. over seeds)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.suptitle("Budget curves, unified model over ../shared/data/real (reduced CPU recipes, EfficientNet-Lite0)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def commands(folder: Path) -> list[dict[str, Any]]:
+    """Every recorded run's command, from the CSVs' sidecars."""
+    runs = []
+    for sidecar in sorted(folder.glob("*.json")):
+        if sidecar.name == "results.json":
+            continue
+        runs += [{"csv": sidecar.with_suffix(".csv").name, **run} for run in json.loads(sidecar.read_text())["runs"]]
+    return runs
+
+
+def best(table: list[dict[str, Any]], method: str, half: str, metric: str = "image_AUROC") -> dict[str, Any] | None:
+    """The row of ``method`` with the highest ``metric`` on ``half`` (how a peer's setting is chosen on tune)."""
+    rows = [row for row in table if row["method"] == method and row["half"] == half]
+    return max(rows, key=lambda r: r[metric]) if rows else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the summary, the chart and the run record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=FOLDER)
+    args = parser.parse_args(argv)
+    rows = raw_rows(args.folder)
+    if not rows:
+        print(f"no budget-curve CSVs under {args.folder}")
+        return 1
+    table = summarise(rows)
+    write_summary(args.folder / "summary.csv", table)
+    write_chart(args.folder / "chart.png", table)
+    record = {
+        "environment": {
+            "command": "python benchmarks/budget_report.py",
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        },
+        "runs": commands(args.folder),
+    }
+    (args.folder / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    for row in table:
+        if row["half"] == "report":
+            sd = row["image_AUROC_sd"] if row["image_AUROC_sd"] != "" else math.nan
+            flag = "  DEGENERATE" if row["degenerate"] else ""
+            print(
+                f"{row['method']:10s} {row['variant'][:40]:40s} {row['image_size']:>4s} {row['score_mode']:12s} "
+                f"{row['budget']:>5s} {row['train_min']:7.2f} min  I {row['image_AUROC']:.3f}±{sd:.3f}  "
+                f"P {row['pixel_AUROC']:.3f}  PRO {row['pixel_AUPRO']:.3f}{flag}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
