@@ -25,6 +25,7 @@ from torchvision.transforms.v2 import Transform
 
 from anomalib_repair.data.category import CategoryIndex
 from anomalib_repair.data.eval_halves import TEST_HALVES, half_indices
+from anomalib_repair.data.image_cache import DecodedImageCache
 from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
@@ -71,6 +72,9 @@ class MultiClassDataModule(AnomalibDataModule):
             per-defect-type half of the test images (:mod:`anomalib_repair.data.eval_halves`). Choose settings on
             ``"tune"``, report on ``"report"``.
         test_half_seed: Seed of the two halves.
+        cache_images: Keep the decoded training images in memory after their first epoch
+            (:mod:`anomalib_repair.data.image_cache`; bit-for-bit the same items, one byte per pixel and channel
+            of RAM). Needs deterministic items (no ``train_augmentations``) and ``num_workers=0``.
 
     Example:
         >>> datamodule = MultiClassDataModule("anomalib.data.MVTecAD", root="./datasets/MVTecAD",
@@ -103,9 +107,16 @@ class MultiClassDataModule(AnomalibDataModule):
         verify_images: bool = True,
         test_half: str | None = None,
         test_half_seed: int = 0,
+        cache_images: bool = False,
     ) -> None:
         if test_half not in {None, *TEST_HALVES}:
             msg = f"test_half must be None, 'tune' or 'report', got '{test_half}'."
+            raise BadInputError(msg)
+        if cache_images and (train_augmentations is not None or augmentations is not None):
+            msg = "cache_images keeps decoded training images, which augmentations would change: drop one of them."
+            raise BadInputError(msg)
+        if cache_images and num_workers > 0:
+            msg = "cache_images holds the images in the main process: set num_workers=0 (or cache_images=False)."
             raise BadInputError(msg)
         apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         super().__init__(
@@ -140,6 +151,8 @@ class MultiClassDataModule(AnomalibDataModule):
         self.verify_images = verify_images
         self.test_half = test_half
         self.test_half_seed = test_half_seed
+        self.cache_images = cache_images
+        self._image_cache: DecodedImageCache | None = None
         self._verified: set[str] = set()
 
     # ------------------------------------------------------------------ categories
@@ -285,11 +298,16 @@ class MultiClassDataModule(AnomalibDataModule):
         The loaders have their own generators: starting an epoch draws nothing from the global random stream,
         which the models' synthetic anomalies use (so a resumed run continues that stream exactly).
         """
+        dataset = self.train_data
+        if self.cache_images:  # one cache per training set (a subclass may replace train_data after set-up)
+            if self._image_cache is None or self._image_cache.dataset is not self.train_data:
+                self._image_cache = DecodedImageCache(self.train_data)
+            dataset = self._image_cache
         sampler = ResumableSampler.for_trainer(
-            self.train_data, getattr(self, "trainer", None), self.train_batch_size, seed=self.seed
+            dataset, getattr(self, "trainer", None), self.train_batch_size, seed=self.seed
         )
         return DataLoader(
-            dataset=self.train_data,
+            dataset=dataset,
             sampler=sampler,
             generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch),
             batch_size=self.train_batch_size,
@@ -348,6 +366,8 @@ _SHARED_DOC = """
         verify_images: Open and ``verify()`` every image and mask at set-up so that a bad file fails at once.
         test_half: ``None``, ``"tune"`` or ``"report"``: only that seeded per-category half of the test images.
         test_half_seed: Seed of the two halves.
+        cache_images: Keep decoded training images in memory after the first epoch (same items; needs
+            ``num_workers=0`` and no training augmentations).
 """
 
 
@@ -378,6 +398,7 @@ class _NamedMultiClass(MultiClassDataModule):
         verify_images: bool = True,
         test_half: str | None = None,
         test_half_seed: int = 0,
+        cache_images: bool = False,
     ) -> None:
         super().__init__(
             datamodule_class=self.anomalib_class,
@@ -402,6 +423,7 @@ class _NamedMultiClass(MultiClassDataModule):
             verify_images=verify_images,
             test_half=test_half,
             test_half_seed=test_half_seed,
+            cache_images=cache_images,
         )
 
 
