@@ -57,6 +57,7 @@ COLUMNS = (
     "pixel_AUPRO",
     "degenerate",
     "score_mode",
+    "image_cache",
 )
 
 
@@ -74,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", default=None, help="label of this configuration (default: the --set values)")
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--both-score-modes", action="store_true", help="CRAS: also score with probabilities")
+    parser.add_argument(
+        "--no-image-cache",
+        action="store_true",
+        help="decode the training images every epoch (default: keep them decoded in memory, the same items)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="CSV to append rows to")
     return parser.parse_args(argv)
 
@@ -311,10 +317,11 @@ def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestS
 
     seed_everything(seed, workers=True)
     settings = settings_for(args, seed)
-    datamodule = compare.build_datamodule(settings)
+    datamodule = compare.build_datamodule(settings, cache_images=not args.no_image_cache)
     model = build_model(args, settings, budget)
     variant = args.variant or (" ".join(args.set) if args.set else "recipe")
     base = {"method": args.method, "variant": variant, "image_size": args.image_size, "seed": seed}
+    base["image_cache"] = "no" if args.no_image_cache else "yes"
     datamodule.setup()
     if test_set is None:
         test_set = load_test_set(datamodule, model, args.half_seed)

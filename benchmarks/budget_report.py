@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "benchmarks" / "results" / "budget_curves"
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
-KEY = ("method", "variant", "image_size", "score_mode", "budget", "budget_unit", "half")
+KEY = ("method", "variant", "image_size", "score_mode", "image_cache", "budget", "budget_unit", "half")
 PEERS = ("padim", "patchcore")
 OUTPUTS = ("summary.csv",)
 
@@ -40,7 +40,10 @@ def raw_rows(folder: Path) -> list[dict[str, str]]:
         if path.name in OUTPUTS:
             continue
         with path.open(newline="") as handle:
-            rows += [row for row in csv.DictReader(handle) if row["category"] == "mean"]
+            for row in csv.DictReader(handle):
+                if row["category"] == "mean":
+                    row["image_cache"] = row.get("image_cache") or "no"  # runs recorded before the option decoded
+                    rows.append(row)
     return rows
 
 

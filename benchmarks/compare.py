@@ -254,8 +254,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_datamodule(settings: Settings) -> Any:
-    """The unified multi-class datamodule, optionally with the training images capped per category."""
+def build_datamodule(settings: Settings, cache_images: bool = False) -> Any:
+    """The unified multi-class datamodule, optionally with the training images capped per category.
+
+    ``cache_images`` keeps the decoded training images in memory after the first epoch (the same items).
+    """
     from anomalib_repair import MVTecFolder
 
     class CappedMVTecFolder(MVTecFolder):
@@ -295,6 +298,7 @@ def build_datamodule(settings: Settings) -> Any:
         eval_batch_size=settings.eval_batch_size,
         num_workers=settings.num_workers,
         seed=None,
+        cache_images=cache_images,
     )
 
 
