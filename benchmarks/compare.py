@@ -135,6 +135,8 @@ class Settings:
     accelerator: str = "cpu"
     precision: str = "32-true"
     crr_budget: str = "recipe"  # runs recorded before the option gave CRR its recipe's steps
+    split: str = "all"  # runs recorded before the tune/report halves used every test image
+    split_seed: int = 0
 
 
 def shared_data_dir() -> Path:
@@ -182,6 +184,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=PATCHCORE_RATIO,
         help="PatchCore coreset_sampling_ratio (anomalib: 0.1)",
     )
+    parser.add_argument(
+        "--split",
+        choices=("report", "tune", "all"),
+        default="report",
+        help="test images scored: the seeded per-category report half (default), the tune half (make every "
+        "choice there), or all of them",
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the tune/report halves")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", default="auto", help="cpu | gpu | auto (a GPU when one is present)")
     parser.add_argument(
@@ -227,6 +237,8 @@ def settings_from_args(args: argparse.Namespace, root: Path) -> Settings:
         accelerator=resolve_accelerator(args.accelerator),
         precision=args.precision,
         crr_budget=args.crr_budget,
+        split=args.split,
+        split_seed=args.split_seed,
     )
 
 
@@ -299,6 +311,8 @@ def build_datamodule(settings: Settings, cache_images: bool = False) -> Any:
         num_workers=settings.num_workers,
         seed=None,
         cache_images=cache_images,
+        test_half=None if settings.split == "all" else settings.split,
+        test_half_seed=settings.split_seed,
     )
 
 
@@ -882,6 +896,8 @@ def recipe_line(settings: Settings | dict[str, Any]) -> str:
     )
     if values["max_train_per_category"] is not None:
         line += f" (training images capped at {values['max_train_per_category']} per category)"
+    split = values.get("split", "all")
+    line += "; every test image" if split == "all" else f"; the {split} half of the test images"
     return line
 
 
@@ -1106,6 +1122,8 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
             f"~{first['rss_start_mb']:.0f} MB that the imports (torch, anomalib, ...) take before any work."
         )
     items += load_notes(results)
+    items += degenerate_notes(results)
+    items.append(split_note(settings))
     if settings.max_train_per_category is not None:
         items.append(
             f"Training images subsampled to at most {settings.max_train_per_category} per category "
@@ -1114,6 +1132,39 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
     else:
         items.append("All training images used (no subsampling).")
     return items
+
+
+def split_note(settings: Settings) -> str:
+    """Which test images the numbers are measured on."""
+    if settings.split == "all":
+        return "Test images: all of them (no tune/report split: do not choose settings by looking at this run)."
+    half = (
+        f"Test images: the {settings.split} half (seed {settings.split_seed}) of each category's test images, "
+        "stratified by defect type (`anomalib_repair.data.eval_halves`)"
+    )
+    if settings.split == "tune":
+        return half + "; this is the half on which settings are chosen, never the one a table reports."
+    return half + "; every setting was chosen on the other (tune) half."
+
+
+def degenerate_categories(result: dict[str, Any]) -> list[str]:
+    """Categories where the method's image AUROC is exactly 0.5: its image scores carry no ranking there."""
+    metrics = result.get("metrics", {})
+    return sorted(
+        name
+        for name, row in metrics.items()
+        if name != "mean" and row.get("image_AUROC") is not None and abs(float(row["image_AUROC"]) - 0.5) < 1e-9
+    )
+
+
+def degenerate_notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A flag for every method whose image AUROC is exactly 0.5 on some category (tied or useless scores)."""
+    return [
+        f"DEGENERATE: {LABELS.get(method, method)} has image AUROC exactly 0.500 on {', '.join(found)} (its image "
+        "scores tie or carry no order there): a broken set-up, not a ranking."
+        for method, result in results.items()
+        if (found := degenerate_categories(result))
+    ]
 
 
 def load_notes(results: dict[str, dict[str, Any]]) -> list[str]:

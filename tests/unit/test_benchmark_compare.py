@@ -153,3 +153,32 @@ def test_a_run_records_its_commit_and_whether_tracked_files_differ(tmp_path: Pat
     (tmp_path / "a.txt").write_text("two\n")
     assert compare.git_commit(tmp_path) == f"{head}+changes"
     assert "git_commit" in compare.environment(["benchmarks/compare.py"])
+
+
+def test_the_benchmark_reports_the_report_half_by_default_and_says_so(tmp_path: Path, demo_root: Path) -> None:
+    settings = compare.settings_from_args(compare.parse_args(["--accelerator", "cpu"]), demo_root)
+    assert settings.split == "report"
+    assert "the report half of the test images" in compare.recipe_line(settings)
+    assert "chosen on the other (tune) half" in compare.split_note(settings)
+    halves = {}
+    for split in ("tune", "report"):
+        settings.split = split
+        datamodule = compare.build_datamodule(settings)
+        datamodule.setup()
+        halves[split] = set(datamodule.test_data.samples["image_path"])
+    settings.split = "all"
+    everything = compare.build_datamodule(settings)
+    everything.setup()
+    assert not halves["tune"] & halves["report"]
+    assert halves["tune"] | halves["report"] == set(everything.test_data.samples["image_path"])
+    assert "every test image" in compare.recipe_line(settings)
+
+
+def test_a_method_with_image_auroc_exactly_one_half_is_flagged_degenerate() -> None:
+    results = {
+        "cras": {"metrics": {"a": {"image_AUROC": 0.5}, "b": {"image_AUROC": 0.91}, "mean": {"image_AUROC": 0.5}}},
+        "padim": {"metrics": {"a": {"image_AUROC": 0.99}, "b": {"image_AUROC": 0.97}}},
+    }
+    notes = compare.degenerate_notes(results)
+    assert len(notes) == 1
+    assert notes[0].startswith("DEGENERATE: CRAS (ours)") and "on a " in notes[0]
