@@ -72,6 +72,14 @@ def benchmark(session: nox.Session) -> None:
 
 
 @nox.session
+def curves(session: nox.Session) -> None:
+    """Re-record the budget curves (accuracy vs training minutes; hours on 2 cores) and render their table/chart."""
+    _install(session)
+    env = {"PYTHONPATH": "src"}
+    session.run(PYTHON, "benchmarks/budget_curve.py", "--plan", *session.posargs, external=True, env=env)
+
+
+@nox.session
 def reliability(session: nox.Session) -> None:
     """Record the DDP / seed / determinism numbers and the image-check cost shown on docs/reliability.md."""
     _install(session)

@@ -41,6 +41,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
 
 PEERS = ("padim", "patchcore")
+RESULTS = "benchmarks/results/budget_curves"
+# The recorded curves (``nox -s curves`` re-runs every entry, then ``budget_report.py``): the arguments of each run.
+PLAN: tuple[tuple[str, ...], ...] = (
+    (
+        "--method",
+        "cras",
+        "--budgets",
+        "1",
+        "3",
+        "10",
+        "30",
+        "60",
+        "--both-score-modes",
+        "--no-image-cache",
+        "--output",
+        f"{RESULTS}/cras_128.csv",
+    ),
+    *(
+        ("--method", "padim", "--set", f"n_features={n}", "--output", f"{RESULTS}/padim_128.csv")
+        for n in (50, 100, 152)
+    ),
+    ("--method", "patchcore", "--set", "coreset_sampling_ratio=0.01", "--output", f"{RESULTS}/patchcore_128.csv"),
+)
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
     "method",
@@ -64,7 +87,8 @@ COLUMNS = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", required=True, choices=(*compare.OURS, *PEERS))
+    parser.add_argument("--method", choices=(*compare.OURS, *PEERS))
+    parser.add_argument("--plan", action="store_true", help="run every recorded curve (PLAN), then the report")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10], help="epochs (CRR: steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=128)
@@ -80,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="decode the training images every epoch (default: keep them decoded in memory, the same items)",
     )
-    parser.add_argument("--output", type=Path, required=True, help="CSV to append rows to")
+    parser.add_argument("--output", type=Path, help="CSV to append rows to")
     return parser.parse_args(argv)
 
 
@@ -420,10 +444,28 @@ def summary(path: Path, half: str = "report") -> list[dict[str, Any]]:
     return table
 
 
+def run_plan() -> int:
+    """Every run of ``PLAN`` in a fresh interpreter, one after the other (one heavy job at a time), then the report."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    for entry in PLAN:
+        completed = subprocess.run([sys.executable, str(Path(__file__).resolve()), *entry], cwd=root, check=False)
+        if completed.returncode:
+            return completed.returncode
+    report = root / "benchmarks" / "budget_report.py"
+    return subprocess.run([sys.executable, str(report)], cwd=root, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.plan:
+        return run_plan()
+    if args.method is None or args.output is None:
+        msg = "budget_curve.py needs --method and --output (or --plan for every recorded curve)"
+        raise SystemExit(msg)
     record_command(args.output, argv)
     if args.method in PEERS:  # anomalib's pre_trained=True finds the packaged weights in a private hub cache
         folder = str(compare.hub_cache())

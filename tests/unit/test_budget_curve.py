@@ -1,0 +1,84 @@
+"""Budget-curve helpers: rank mapping that keeps AUROC, YAML overrides, the mean ± s.d. summary, the tie flag."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+curve = _load("budget_curve")
+report = _load("budget_report")
+
+
+def test_raw_scores_above_the_sigmoid_range_keep_their_auroc_through_ranks():
+    scores = torch.tensor([40.0, 55.0, 61.0, 23.0, 25.0, 22.0])  # Mahalanobis-like: sigmoid would tie them all
+    labels = torch.tensor([1, 1, 1, 0, 0, 0])
+    assert float(binary_auroc(scores, labels)) == pytest.approx(0.5)  # torchmetrics' own sigmoid ties them
+    ranks = curve.unit_ranks(scores)
+    assert float(binary_auroc(ranks, labels)) == pytest.approx(1.0)
+    assert ranks.min() == 0 and ranks.max() == 1
+    tied = curve.unit_ranks(torch.tensor([3.0, 3.0, 1.0]))
+    assert tied[0] == tied[1] and tied[2] < tied[0]
+
+
+def test_overrides_are_read_as_yaml_values():
+    assert curve.overrides(["noise_std=0.5", "layers=[blocks.2, blocks.4]", "feature_cache=null"]) == {
+        "noise_std": 0.5,
+        "layers": ["blocks.2", "blocks.4"],
+        "feature_cache": None,
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        curve.overrides(["noise_std"])
+
+
+def test_summary_gives_mean_and_sd_over_seeds_and_keeps_the_degenerate_flag(tmp_path: Path):
+    path = tmp_path / "cras_128.csv"
+    rows = []
+    for seed, auroc, tie in ((0, 0.90, "False"), (1, 0.94, "True")):
+        for half in ("tune", "report"):
+            rows.append(
+                {
+                    "method": "cras", "variant": "recipe", "image_size": 128, "seed": seed, "budget": 10,
+                    "budget_unit": "epochs", "train_min": 2.0 + seed, "half": half, "category": "mean",
+                    "image_AUROC": auroc, "pixel_AUROC": 0.9, "pixel_AUPRO": 0.7, "degenerate": tie,
+                    "score_mode": "logit", "image_cache": "yes",
+                }
+            )  # fmt: skip
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = report.summarise(report.raw_rows(tmp_path))
+    assert len(table) == 2  # one per half
+    entry = next(row for row in table if row["half"] == "report")
+    assert entry["seeds"] == 2
+    assert entry["image_AUROC"] == pytest.approx(0.92)
+    assert entry["image_AUROC_sd"] == pytest.approx(0.0283, abs=1e-4)
+    assert entry["train_min"] == pytest.approx(2.5)
+    assert entry["degenerate"] is True
+
+
+def test_the_recorded_plan_names_only_known_methods_and_outputs_under_results():
+    for entry in curve.PLAN:
+        args = curve.parse_args(list(entry))
+        assert args.method in (*curve.compare.OURS, *curve.PEERS)
+        assert str(args.output).startswith(curve.RESULTS)
