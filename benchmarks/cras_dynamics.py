@@ -11,7 +11,9 @@ budget epoch, records on the **tune** half of the test images (never the report 
   and the noise norm ``‖ε‖ = σ·√D`` it is compared with;
 - how far the adaptor moved from its initial weights (relative Frobenius norm) — the centres are computed once
   with the initial adaptor and never follow it;
-- the tune-half I-AUROC / P-AUROC from logits and from probabilities.
+- the tune-half I-AUROC from logits and from probabilities, and from two other image scores of the same logits:
+  the maximum of the smoothed anomaly map and the mean of its top 1 % of pixels (candidates for an
+  ``image_score`` option; chosen here, on tune, or not at all).
 
     PYTHONPATH=src python benchmarks/cras_dynamics.py --budgets 1 3 10 30 \
         --output benchmarks/results/cras_dynamics/recipe.csv
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", default=None)
+    parser.add_argument("--categories", nargs="+", default=None)
     parser.add_argument("--output", type=Path, required=True)
     return parser.parse_args(argv)
 
@@ -58,6 +61,7 @@ def curve_args(args: argparse.Namespace) -> argparse.Namespace:
             "--output",
             str(args.output),
             *(["--set", *args.set] if args.set else []),
+            *(["--categories", *args.categories] if args.categories else []),
         ]
     )
 
@@ -72,6 +76,18 @@ def patch_logits(network: Any, images: Any) -> Any:
     return logits.reshape(len(images), -1), distance
 
 
+def mean_auroc(scores: Any, labels: Any, names: list[str]) -> float:
+    """Image AUROC per category, averaged over the categories (as the benchmark reports it)."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    values = []
+    for name in sorted(set(names)):
+        keep = torch.tensor([n == name for n in names])
+        values.append(float(binary_auroc(budget_curve.unit_ranks(scores[keep]), labels[keep])))
+    return sum(values) / len(values)
+
+
 def snapshot(model: Any, test_set: budget_curve.TestSet, train_images: Any, initial: Any) -> dict[str, Any]:
     """The quantities of the module docstring, on the tune half."""
     import torch
@@ -82,16 +98,23 @@ def snapshot(model: Any, test_set: budget_curve.TestSet, train_images: Any, init
     network.eval()
     tune = [h == "tune" for h in test_set.halves]
     normal_logits, defect_logits, normal_max, defect_max, normal_distance = [], [], [], [], []
-    saturated, scores, labels = 0, [], []
+    saturated, scores, labels, map_max, map_top, names = 0, [], [], [], [], []
     position = 0
     with torch.inference_mode():
         for batch_image, batch_mask, batch_label in test_set.batches:
             keep = torch.tensor(tune[position : position + len(batch_image)])
+            names += [
+                n for n, k in zip(test_set.categories[position : position + len(batch_image)], keep, strict=True) if k
+            ]
             position += len(batch_image)
             if not keep.any():
                 continue
             image, mask, label = batch_image[keep], batch_mask[keep], batch_label[keep]
             logits, distance = patch_logits(network, image)
+            side_logits = logits.reshape(len(image), 1, math.isqrt(logits.shape[1]), -1)
+            smoothed = network.anomaly_map_generator(side_logits, image_size=tuple(image.shape[-2:])).flatten(1)
+            map_max.append(smoothed.amax(dim=1))
+            map_top.append(smoothed.topk(max(1, smoothed.shape[1] // 100), dim=1).values.mean(dim=1))
             side = math.isqrt(logits.shape[1])
             grid_mask = F.adaptive_max_pool2d(mask.reshape(len(image), 1, *mask.shape[-2:]).float(), side).flatten(1)
             for i in range(len(image)):
