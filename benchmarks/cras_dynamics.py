@@ -92,7 +92,6 @@ def snapshot(model: Any, test_set: budget_curve.TestSet, train_images: Any, init
     """The quantities of the module docstring, on the tune half."""
     import torch
     import torch.nn.functional as F  # noqa: N812
-    from torchmetrics.functional.classification import binary_auroc
 
     network = model.model
     network.eval()
@@ -144,8 +143,10 @@ def snapshot(model: Any, test_set: budget_curve.TestSet, train_images: Any, init
         "normal_center_distance": float(torch.cat(normal_distance).mean()),
         "noise_norm": model.noise_std * math.sqrt(dim),
         "adaptor_drift": float((adaptor - initial).norm() / initial.norm()),
-        "tune_I_AUROC_logit": float(binary_auroc(budget_curve.unit_ranks(scores_t), labels_t)),
-        "tune_I_AUROC_probability": float(binary_auroc(budget_curve.unit_ranks(torch.sigmoid(scores_t)), labels_t)),
+        "tune_I_AUROC_logit": mean_auroc(scores_t, labels_t, names),
+        "tune_I_AUROC_probability": mean_auroc(torch.sigmoid(scores_t), labels_t, names),
+        "tune_I_AUROC_map_max": mean_auroc(torch.cat(map_max), labels_t, names),
+        "tune_I_AUROC_map_top1pct": mean_auroc(torch.cat(map_top), labels_t, names),
     }
 
 
