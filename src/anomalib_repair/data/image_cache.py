@@ -6,7 +6,7 @@ On a 2-core CPU, decoding PNGs is most of an epoch for a model whose backbone fe
 time it is read. Images are held as 8-bit values and turned back into floats by the same conversion anomalib's
 ``read_image`` applies to the decoded 8-bit file, so a cached item is bit-for-bit the item read from disk.
 
-Memory: one byte per pixel and channel (``../shared/data/real``: about 200 MB; MVTec AD's 3,629 training images
+Memory: one byte per pixel and channel (``../shared/data/real``: 256 MiB; MVTec AD's 3,629 training images
 at full resolution: about 10 GB). Only deterministic items may be cached: a datamodule with training
 augmentations refuses the option. The cache lives in the process that reads the items: with loader workers it is
 used only when they persist between epochs (``persistent_workers``); the datamodules here read in the main
