@@ -89,10 +89,12 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(13, 5))
     lines: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in report:
-        lines.setdefault((row["method"], row["variant"], row["image_size"], row["score_mode"]), []).append(row)
+        key = (row["method"], row["variant"], row["image_size"], row["score_mode"], row["image_cache"])
+        lines.setdefault(key, []).append(row)
     for axis, metric, title in zip(axes, ("image_AUROC", "pixel_AUROC"), ("I-AUROC", "P-AUROC"), strict=True):
-        for (method, variant, size, mode), members in sorted(lines.items()):
+        for (method, variant, size, mode, cache), members in sorted(lines.items()):
             label = f"{method} {variant} {size}px" + (f" ({mode})" if mode else "")
+            label += ", images decoded every epoch" if cache == "no" and method not in PEERS else ""
             if method in PEERS:
                 best = max(members, key=lambda r: r[metric])
                 axis.axhline(
@@ -107,7 +109,8 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
             x = [float(r["train_min"]) for r in members]
             y = [float(r[metric]) for r in members]
             sd = [float(r[f"{metric}_sd"] or 0) for r in members]
-            axis.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=label)
+            style = "--" if mode == "probability" or cache == "no" else "-"
+            axis.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=label, linestyle=style)
         axis.set_xscale("log")
         axis.set_xlabel("training minutes on 2 CPU cores (log)")
         axis.set_ylabel(f"mean {title}, report half (mean ± s.d. over seeds)")

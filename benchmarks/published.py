@@ -58,6 +58,12 @@ LABELS = {
     "x_backbone_b32_run2": "× backbone b32, run 2",
     "x_backbone_b32_spread": "× backbone b32 spread",
     "image_AUROC_spread": "I-AUROC spread",
+    "image_AUROC_sd": "I-AUROC s.d.",
+    "pixel_AUROC_sd": "P-AUROC s.d.",
+    "pixel_AUPRO_sd": "AUPRO s.d.",
+    "train_min": "train min",
+    "score_mode": "score",
+    "image_cache": "decoded images kept",
 }
 
 
