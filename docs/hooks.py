@@ -70,7 +70,10 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
 
 
 # Pictures of recorded runs shown on the site (served from their run folder, never copied into docs/).
-ASSETS = {"assets/benchmark-chart.png": ROOT / "benchmarks" / "results" / "latest" / "chart.png"}
+ASSETS = {
+    "assets/benchmark-chart.png": ROOT / "benchmarks" / "results" / "latest" / "chart.png",
+    "assets/budget-curves.png": ROOT / "benchmarks" / "results" / "budget_curves" / "chart.png",
+}
 
 
 def on_files(files: Any, config: Any, **_: Any) -> Any:
