@@ -77,6 +77,8 @@ def curves(session: nox.Session) -> None:
     _install(session)
     env = {"PYTHONPATH": "src"}
     session.run(PYTHON, "benchmarks/budget_curve.py", "--plan", *session.posargs, external=True, env=env)
+    dynamics = ["--budgets", "1", "10", "30", "--output", "benchmarks/results/cras_dynamics/recipe.csv"]
+    session.run(PYTHON, "benchmarks/cras_dynamics.py", *dynamics, external=True, env=env)
 
 
 @nox.session
