@@ -298,7 +298,7 @@ class MultiClassDataModule(AnomalibDataModule):
         The loaders have their own generators: starting an epoch draws nothing from the global random stream,
         which the models' synthetic anomalies use (so a resumed run continues that stream exactly).
         """
-        dataset = self.train_data
+        dataset: Any = self.train_data
         if self.cache_images:  # one cache per training set (a subclass may replace train_data after set-up)
             if self._image_cache is None or self._image_cache.dataset is not self.train_data:
                 self._image_cache = DecodedImageCache(self.train_data)
