@@ -56,6 +56,11 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "--output", f"{RESULTS}/patchcore_128.csv"),
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--output", f"{RESULTS}/mfrnet_128.csv"),
     ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "--output", f"{RESULTS}/crr_128.csv"),
+    *(
+        ("--method", "cras", "--budgets", "10", "--seeds", "0", "--set", f"noise_std={sigma}",
+         "--output", f"{RESULTS}/cras_128_tuning.csv")
+        for sigma in (0.5, 2.0)  # chosen on the tune half: the recipe keeps 1.0
+    ),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
