@@ -55,7 +55,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "patchcore", "--seeds", "0", "--set", "coreset_sampling_ratio=0.01",
      "--output", f"{RESULTS}/patchcore_128.csv"),
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--output", f"{RESULTS}/mfrnet_128.csv"),
-    ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "--output", f"{RESULTS}/crr_128.csv"),
+    ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/crr_128.csv"),
     *(
         ("--method", "cras", "--budgets", "10", "--seeds", "0", "--set", f"noise_std={sigma}",
          "--output", f"{RESULTS}/cras_128_tuning.csv")
