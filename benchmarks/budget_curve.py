@@ -27,7 +27,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -279,11 +278,9 @@ def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:
 def evaluate(model: Any, test_set: TestSet, both_modes: bool) -> list[dict[str, Any]]:
     """Rows of one evaluation; CRAS with ``both_modes`` also with the paper's probability scores."""
     network = model.model
-    modes = [getattr(network, "score_mode", "")]
-    if both_modes and hasattr(network, "score_mode"):
-        modes = ["logit", "probability"]
+    original = getattr(network, "score_mode", "")
+    modes = ["logit", "probability"] if both_modes and original else [original]
     rows = []
-    original = modes[0] if not both_modes else network.score_mode
     for mode in modes:
         if mode:
             network.score_mode = mode
@@ -319,6 +316,28 @@ def budget_recorder(budgets: list[int], on_budget: Callable[[int, float], None])
     return BudgetRecorder()
 
 
+def curve_engine(run_dir: Path, callbacks: list[Any], **trainer_kwargs: Any) -> Any:
+    """anomalib's Engine for a curve run: CPU, no logger, no checkpoint files, no validation pass.
+
+    Evaluation is from raw outputs (thresholds are not needed); ``trainer_kwargs`` sets the length.
+    """
+    from anomalib.callbacks import ModelCheckpoint
+    from anomalib.engine import Engine
+
+    no_files = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=False)
+    return Engine(
+        default_root_dir=run_dir,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[no_files, *callbacks],
+        **trainer_kwargs,
+    )
+
+
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append rows to the CSV (header once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +353,6 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestSet | None) -> TestSet:
     """One training (and its evaluations); returns the held test set for the next run."""
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     seed_everything(seed, workers=True)
@@ -354,10 +372,8 @@ def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestS
         extra = {"budget": budget_value, "budget_unit": unit, "train_min": minutes}
         append_rows(args.output, [{**base, **extra, **row} for row in rows])
 
-    from anomalib.callbacks import ModelCheckpoint
-
     run_dir = args.output.parent / "runs" / args.output.stem
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=False)]
+    callbacks: list[Any] = []
     if args.method in PEERS:
         trainer_kwargs: dict[str, Any] = {"max_epochs": 1}
     elif args.method in STEP_BUDGET:
@@ -366,17 +382,7 @@ def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestS
     else:
         trainer_kwargs = {"max_epochs": max(args.budgets)}
         callbacks.append(budget_recorder(sorted(args.budgets), lambda e, m: record(e, m, "epochs")))
-    engine = Engine(
-        default_root_dir=run_dir,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,  # evaluation here is from raw outputs; thresholds are not needed
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )
+    engine = curve_engine(run_dir, callbacks, **trainer_kwargs)
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     if args.method in PEERS or args.method in STEP_BUDGET:
@@ -420,28 +426,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(path: Path, half: str = "report") -> list[dict[str, Any]]:
-    """Mean ± s.d. over seeds of the category-mean rows, per method, variant, size, budget and score mode."""
-    groups: dict[tuple, list[dict[str, str]]] = {}
-    with path.open() as handle:
-        for row in csv.DictReader(handle):
-            if row["category"] == "mean" and row["half"] == half:
-                key = (row["method"], row["variant"], row["image_size"], int(row["budget"]), row["score_mode"])
-                groups.setdefault(key, []).append(row)
-    table = []
-    for key, rows in sorted(groups.items()):
-        entry: dict[str, Any] = dict(zip(("method", "variant", "image_size", "budget", "score_mode"), key, strict=True))
-        entry["seeds"] = len(rows)
-        entry["train_min"] = statistics.fmean(float(r["train_min"]) for r in rows)
-        for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-            values = [float(r[metric]) for r in rows]
-            entry[metric] = statistics.fmean(values)
-            entry[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
-        entry["degenerate"] = any(r["degenerate"] == "True" for r in rows)
-        table.append(entry)
-    return table
-
-
 def run_plan() -> int:
     """Every run of ``PLAN`` in a fresh interpreter, one after the other (one heavy job at a time), then the report."""
     import subprocess
@@ -473,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         if constants is not None:  # imported already: its constants were read at import
             constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = folder, True
     code = run(args)
-    print(json.dumps(summary(args.output), indent=1, default=str))
+    import budget_report
+
+    report = [row for row in budget_report.summarise(budget_report.csv_rows(args.output)) if row["half"] == "report"]
+    print(json.dumps(report, indent=1, default=str))
     return code
 
 

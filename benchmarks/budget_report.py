@@ -33,18 +33,20 @@ PEERS = ("padim", "patchcore")
 OUTPUTS = ("summary.csv",)
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The category-mean rows of one curve CSV."""
+    rows: list[dict[str, str]] = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["category"] == "mean":
+                row["image_cache"] = row.get("image_cache") or "no"  # runs recorded before the option decoded
+                rows.append(row)
+    return rows
+
+
 def raw_rows(folder: Path) -> list[dict[str, str]]:
     """Every category-mean row of every curve CSV in ``folder``."""
-    rows: list[dict[str, str]] = []
-    for path in sorted(folder.glob("*.csv")):
-        if path.name in OUTPUTS:
-            continue
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row["category"] == "mean":
-                    row["image_cache"] = row.get("image_cache") or "no"  # runs recorded before the option decoded
-                    rows.append(row)
-    return rows
+    return [row for path in sorted(folder.glob("*.csv")) if path.name not in OUTPUTS for row in csv_rows(path)]
 
 
 def summarise(rows: list[dict[str, str]]) -> list[dict[str, Any]]:

@@ -153,8 +153,6 @@ def snapshot(model: Any, test_set: budget_curve.TestSet, train_images: Any, init
 def main(argv: list[str] | None = None) -> int:
     """Train once, snapshot at every budget epoch, append rows to the CSV."""
     import torch
-    from anomalib.callbacks import ModelCheckpoint
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     argv = sys.argv[1:] if argv is None else argv
@@ -175,10 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     variant = args.variant or (" ".join(args.set) if args.set else "recipe")
 
     def record(epoch: int, minutes: float) -> None:
-        if "initial" not in state:
-            state["initial"] = state["start_weight"]
         row = {"variant": variant, "seed": args.seed, "epoch": epoch, "train_min": round(minutes, 3)}
-        row.update({k: round(v, 4) for k, v in snapshot(model, test_set, train_images, state["initial"]).items()})
+        row.update({k: round(v, 4) for k, v in snapshot(model, test_set, train_images, state["start_weight"]).items()})
         model.model.train()
         new = not args.output.exists()
         with args.output.open("a", newline="") as handle:
@@ -196,21 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             state["start_weight"] = pl_module.model.adaptor.weight.detach().clone()
 
     run_dir = args.output.parent / "runs" / args.output.stem
-    engine = Engine(
-        default_root_dir=run_dir,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        max_epochs=max(args.budgets),
-        callbacks=[
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=False),
-            InitialWeights(),
-            budget_curve.budget_recorder(sorted(args.budgets), record),
-        ],
-    )
+    recorder = budget_curve.budget_recorder(sorted(args.budgets), record)
+    engine = budget_curve.curve_engine(run_dir, [InitialWeights(), recorder], max_epochs=max(args.budgets))
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min")
