@@ -1,15 +1,16 @@
 """Decoded training images kept in memory, so that epochs after the first skip reading and decoding the files.
 
 On a 2-core CPU, decoding PNGs is a large share of an epoch for a model whose backbone features are cached (CRAS
-with ``feature_cache``; see ``docs/multiclass.md`` for the recorded timing). :class:`DecodedImageCache` wraps a training dataset and memoises each item the first
-time it is read. Images are held as 8-bit values and turned back into floats by the same conversion anomalib's
-``read_image`` applies to the decoded 8-bit file, so a cached item is bit-for-bit the item read from disk.
+with ``feature_cache``; ``docs/multiclass.md`` gives the recorded timing). :class:`DecodedImageCache` wraps a
+training dataset and memoises each item the first time it is read. Images are held as 8-bit values and turned back
+into floats by the same conversion anomalib's ``read_image`` applies to the decoded 8-bit file, so a cached item is
+bit-for-bit the item read from disk.
 
-Memory: one byte per pixel and channel (``../shared/data/real``: 256 MiB; MVTec AD's 3,629 training images
-at full resolution: roughly 10 GB by the same count, an estimate). Only deterministic items may be cached: a datamodule with training
-augmentations refuses the option. The cache lives in the process that reads the items: with loader workers it is
-used only when they persist between epochs (``persistent_workers``); the datamodules here read in the main
-process then (see :class:`~anomalib_repair.data.multiclass.MultiClassDataModule`).
+Memory: one byte per pixel and channel (``../shared/data/real``: 256 MiB; MVTec AD's 3,629 training images at full
+resolution: roughly 10 GB by the same count, an estimate). Only deterministic items may be cached: a datamodule
+with training augmentations refuses the option. The cache lives in the process that reads the items: with loader
+workers it is used only when they persist between epochs (``persistent_workers``); the datamodules here read in the
+main process then (see :class:`~anomalib_repair.data.multiclass.MultiClassDataModule`).
 """
 
 from __future__ import annotations
