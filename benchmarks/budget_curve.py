@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare
 
+from anomalib_repair.evaluation.ranks import unit_ranks
+
 PEERS = ("padim", "patchcore")
 RESULTS = "benchmarks/results/budget_curves"
 # The recorded curves (``nox -s curves`` re-runs every entry, then ``budget_report.py``): the arguments of each run.
@@ -227,17 +229,6 @@ def raw_outputs(network: Any, test_set: TestSet) -> tuple[Any, Any, Any, Any]:
             masks.append(mask.reshape(len(image), *mask.shape[-2:]).int())
     network.train(was_training)
     return torch.cat(scores), torch.cat(maps), torch.cat(labels), torch.cat(masks)
-
-
-def unit_ranks(values: Any) -> Any:
-    """``values`` mapped monotonically (ties kept) onto [0, 1] by their rank among the distinct values.
-
-    torchmetrics' binary AUROC/ROC apply a sigmoid to any input outside [0, 1]: raw scores above ~17 (PaDiM's
-    Mahalanobis distances, CRAS's logits) would all become 1.0 and tie. Ranks keep every order and every tie, so
-    AUROC and AUPRO are unchanged by the mapping.
-    """
-    distinct, inverse = values.unique(return_inverse=True)
-    return inverse.float() / max(1, distinct.numel() - 1)
 
 
 def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:

@@ -78,6 +78,8 @@ def build_datamodule(settings: Settings, cache_images: bool = False) -> Any:
         cache_images=cache_images,
         test_half=None if settings.split == "all" else settings.split,
         test_half_seed=settings.split_seed,
+        # thresholds and normalisation from the other half (metrics are threshold-free and read raw outputs)
+        val_split_mode="same_as_test" if settings.split == "all" else "from_test",
     )
 
 

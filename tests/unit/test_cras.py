@@ -10,6 +10,7 @@ from anomalib_repair import CRAS
 from anomalib_repair.components.feature_cache import FeatureCache
 from anomalib_repair.components.patch_features import PatchAggregator
 from anomalib_repair.data.synthesis import distance_guided_noise
+from anomalib_repair.models.base import build_pre_processor
 from anomalib_repair.models.cras import CrasModel
 
 LITE = {"backbone": "tf_efficientnet_lite0.pypi", "layers": ["blocks.2", "blocks.4"]}
@@ -28,12 +29,28 @@ def test_default_cras_has_the_papers_trainable_parameters_without_downloading():
     assert all(not p.requires_grad for p in model.model.backbone.parameters())
 
 
-def test_default_input_pipeline_is_329_resize_288_crop_imagenet_normalisation():
+def test_default_input_pipeline_is_the_authors_shorter_side_resize_center_crop_and_imagenet_normalisation():
+    from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
+
     transform = CRAS().pre_processor.transform
-    out = transform(torch.rand(1, 3, 400, 500))
-    assert out.shape[-2:] == (288, 288)
-    normalize = transform.transforms[-1]
-    assert normalize.mean == pytest.approx([0.485, 0.456, 0.406])
+    image = torch.rand(1, 3, 300, 520, generator=torch.Generator().manual_seed(0))  # non-square: 300 is the shorter
+    reference = Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])(CenterCrop(288)(Resize(329)(image)))
+    out = transform(image)
+    assert out.shape == (1, 3, 288, 288)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
+    # the aspect ratio is kept: squashing first gives a different picture
+    squashed = CRAS(resize_mode="square").pre_processor.transform(image)
+    assert squashed.shape == out.shape
+    assert (squashed - out).abs().mean() > 0.05
+
+
+def test_square_resize_mode_squashes_every_image_to_the_resize_size_then_crops():
+    from torchvision.transforms.v2 import CenterCrop, Resize
+
+    image = torch.rand(1, 3, 300, 520, generator=torch.Generator().manual_seed(1))
+    transform = CRAS(**LITE, image_size=160, crop_size=128, resize_mode="square").pre_processor.transform
+    expected = CenterCrop(128)(Resize((160, 160))(image))
+    torch.testing.assert_close(transform(image), (expected - 0.5) / 0.5, atol=1e-5, rtol=0)
 
 
 def test_wrn_patch_grid_is_36_by_36_with_1536_dims():
@@ -200,9 +217,28 @@ def test_feature_cache_round_trip(tmp_path, location):
     assert cache.nbytes == 3 * 4 * 5 * 2
 
 
+def test_float32_feature_cache_returns_the_features_exactly(tmp_path):
+    cache = FeatureCache(2, (4, 5), location="disk", directory=tmp_path, dtype="float32")
+    values = torch.randn(2, 4, 5) * 100
+    cache.put(["a.png", "b.png"], values)
+    assert torch.equal(cache.get(["a.png", "b.png"], torch.device("cpu")), values)
+    assert cache.nbytes == 2 * 4 * 5 * 4
+    half = FeatureCache(2, (4, 5))
+    half.put(["a.png", "b.png"], values)
+    rounded = half.get(["a.png", "b.png"], torch.device("cpu"))
+    assert not torch.equal(rounded, values)
+    assert ((rounded - values).abs() <= values.abs() * 2**-11).all()  # float16's rounding bound
+
+
 def test_bad_options_fail_with_one_line():
     with pytest.raises(ValueError, match="feature_cache") as error:
         CRAS(**LITE, feature_cache="gpu")
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="center_dtype"):
         CRAS(**LITE, center_dtype="int8")
+    with pytest.raises(ValueError, match="feature_cache_dtype"):
+        CRAS(**LITE, feature_cache="memory", feature_cache_dtype="bfloat16")
+    with pytest.raises(ValueError, match="resize_mode"):
+        CRAS(**LITE, resize_mode="letterbox")
+    with pytest.raises(ValueError, match="needs a crop_size"):
+        build_pre_processor("tf_efficientnet_lite0.pypi", 128, None, "shorter_side")

@@ -58,10 +58,17 @@ def test_global_statistics_remain_for_forward_and_unknown_paths():
     processor = _fitted()
     # An image from no known category is normalised with the global statistics, as the exported model does.
     test = _batch(["elsewhere.png"], [0.9], [1])
+    raw_map = test.anomaly_map.clone()
     processor.post_process_batch(test)
-    expected = processor(SimpleNamespace(pred_score=torch.tensor([0.9]), anomaly_map=test.anomaly_map))
+    expected = processor(SimpleNamespace(pred_score=torch.tensor([0.9]), anomaly_map=raw_map))
     assert test.pred_label.tolist() == [True]
-    assert expected.pred_score.shape == (1,)
+    torch.testing.assert_close(test.pred_score, expected.pred_score)
+    torch.testing.assert_close(test.anomaly_map, expected.anomaly_map)
+    # and the global statistics are not any one category's: the same raw score normalises differently there
+    low, pooled = _batch(["low1"], [0.35], [1]), _batch(["elsewhere.png"], [0.35], [1])
+    processor.post_process_batch(low)
+    processor.post_process_batch(pooled)
+    assert abs(float(low.pred_score) - float(pooled.pred_score)) > 0.1
 
 
 def test_per_category_state_round_trips_through_a_state_dict():

@@ -1,8 +1,9 @@
 """A cache of frozen-backbone features per training image, reused across epochs.
 
 Valid only when the backbone is frozen and training images are not augmented: then an image's features are the
-same every epoch and the backbone need not run again. Stored in half precision, in memory or in a
-memory-mapped file on disk (for datasets whose features exceed the RAM).
+same every epoch and the backbone need not run again. Stored in half precision (training then sees the features
+rounded to float16, a relative error below 2**-11) or in full precision, in memory or in a memory-mapped file on
+disk (for datasets whose features exceed the RAM).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+CACHE_DTYPES = ("float16", "float32")
+
 
 class FeatureCache:
     """Fixed-capacity store of ``(P, D)`` feature tensors keyed by image path.
@@ -26,6 +29,7 @@ class FeatureCache:
         shape: Shape of one image's features, e.g. ``(1296, 1536)``.
         location: ``"memory"`` or ``"disk"`` (a memory-mapped float16 file).
         directory: Where the disk file goes (a temporary folder when ``None``).
+        dtype: ``"float16"`` (half the memory) or ``"float32"`` (the features exactly as computed).
     """
 
     def __init__(
@@ -34,23 +38,28 @@ class FeatureCache:
         shape: Sequence[int],
         location: str = "memory",
         directory: str | Path | None = None,
+        dtype: str = "float16",
     ) -> None:
         if location not in {"memory", "disk"}:
             msg = f"feature_cache must be 'memory', 'disk' or None, got '{location}'."
             raise ValueError(msg)
+        if dtype not in CACHE_DTYPES:
+            msg = f"feature_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got '{dtype}'."
+            raise ValueError(msg)
+        self.dtype = np.dtype(dtype)
         self.capacity = capacity
         self.shape = tuple(shape)
         self.slots: dict[str, int] = {}
         self._tempdir: tempfile.TemporaryDirectory | None = None
         if location == "memory":
-            self.store: np.ndarray = np.empty((capacity, *self.shape), dtype=np.float16)
+            self.store: np.ndarray = np.empty((capacity, *self.shape), dtype=self.dtype)
         else:
             if directory is None:
                 self._tempdir = tempfile.TemporaryDirectory(prefix="anomalib_repair_cache_")
                 directory = self._tempdir.name
-            path = Path(directory) / "features.f16"
+            path = Path(directory) / f"features.{dtype}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.store = np.memmap(path, dtype=np.float16, mode="w+", shape=(capacity, *self.shape))
+            self.store = np.memmap(path, dtype=self.dtype, mode="w+", shape=(capacity, *self.shape))
         self.nbytes = int(self.store.nbytes)
         logger.info("Feature cache (%s): %.1f MB for %d images.", location, self.nbytes / 2**20, capacity)
 
@@ -64,7 +73,7 @@ class FeatureCache:
 
     def put(self, paths: Sequence[str], features: torch.Tensor) -> None:
         """Store ``(B, P, D)`` features; images beyond the capacity are not stored."""
-        values = features.detach().to("cpu", torch.float16).numpy()
+        values = features.detach().to("cpu", getattr(torch, self.dtype.name)).numpy()
         for path, value in zip(paths, values, strict=True):
             slot = self.slots.get(path)
             if slot is None:

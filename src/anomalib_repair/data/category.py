@@ -14,11 +14,14 @@ ask :func:`category_index_for` for the index of the running trainer and look the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 UNKNOWN_CATEGORY = -1
 """Index returned for a path no category claims (e.g. a predict-time image from elsewhere)."""
@@ -73,12 +76,18 @@ def _key(path: str | Path) -> str:
     return str(Path(path))
 
 
-def category_index_for(datamodule: Any) -> CategoryIndex:
+POOLED_CATEGORY = "all"
+"""The one category of data that no datamodule describes (every image in it)."""
+
+
+def category_index_for(datamodule: Any, warn: bool = False) -> CategoryIndex:
     """Return the category index of a datamodule, ours or anomalib's.
 
     Args:
         datamodule: The trainer's datamodule (``trainer.datamodule``); may be ``None`` when the trainer was given
             plain dataloaders.
+        warn: Log a warning when nothing says which category an image belongs to (no datamodule, or one without a
+            category), so that every image is pooled into one category :data:`POOLED_CATEGORY`.
 
     Returns:
         The datamodule's ``category_index`` if it has one; else a one-category index named after its
@@ -87,8 +96,15 @@ def category_index_for(datamodule: Any) -> CategoryIndex:
     index = getattr(datamodule, "category_index", None)
     if isinstance(index, CategoryIndex):
         return index
-    name = getattr(datamodule, "category", None) or getattr(datamodule, "name", None) or "all"
-    return CategoryIndex.single(str(name))
+    name = getattr(datamodule, "category", None) or getattr(datamodule, "name", None)
+    if name is None and warn:
+        logger.warning(
+            "No datamodule says which category each image belongs to (plain dataloaders): every image is scored "
+            "as one category '%s'. For per-category results pass the datamodule (engine.test(datamodule=...)), "
+            "e.g. anomalib_repair.MVTecFolder for several categories.",
+            POOLED_CATEGORY,
+        )
+    return CategoryIndex.single(str(name or POOLED_CATEGORY))
 
 
 def batch_category_indices(batch: Any, index: CategoryIndex, device: torch.device | None = None) -> torch.Tensor:

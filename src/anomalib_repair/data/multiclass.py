@@ -27,6 +27,7 @@ from anomalib_repair.data.category import CategoryIndex
 from anomalib_repair.data.eval_halves import TEST_HALVES, half_indices
 from anomalib_repair.data.image_cache import DecodedImageCache
 from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
+from anomalib_repair.data.val_split import validation_indices
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 from anomalib_repair.seeding import apply_cli_seed
@@ -63,9 +64,12 @@ class MultiClassDataModule(AnomalibDataModule):
         augmentations: Augmentations for every split without its own.
         test_split_mode: As in anomalib.
         test_split_ratio: As in anomalib.
-        val_split_mode: As in anomalib; the default takes validation = test (thresholds need anomalies).
-        val_split_ratio: As in anomalib.
-        seed: Seed for the splits.
+        val_split_mode: As in anomalib; the default (``same_as_test``, as anomalib and the papers) fits thresholds
+            and normalisation on the test images. ``from_test`` moves ``val_split_ratio`` of **each category's**
+            test images, drawn per label folder, into validation (:mod:`anomalib_repair.data.val_split`); with
+            ``test_half``, validation is the other half.
+        val_split_ratio: Share of each category's test images for ``from_test`` (and anomalib's other modes).
+        seed: Seed for the splits (``from_test`` uses 0 when ``None``).
         verify_images: Open and ``verify()`` every image and mask at set-up (about 0.3 ms a file) so that a
             truncated file or a mask of the wrong size fails at once, in one line naming the file.
         test_half: ``None`` (every test image), ``"tune"`` or ``"report"``: keep only that seeded, per-category,
@@ -154,6 +158,7 @@ class MultiClassDataModule(AnomalibDataModule):
         self.cache_images = cache_images
         self._image_cache: DecodedImageCache | None = None
         self._verified: set[str] = set()
+        self._other_half: Any = None  # the test half not evaluated (validation for val_split_mode="from_test")
 
     # ------------------------------------------------------------------ categories
     @property
@@ -274,14 +279,18 @@ class MultiClassDataModule(AnomalibDataModule):
             test_sets.append(test)
         self.train_data = with_checked_items(_concatenate(train_sets))
         self.test_data = with_checked_items(_concatenate(test_sets))
+        self._other_half = None
         if self.test_half is not None:
             samples = self.test_data.samples
             names = [path_to_category[path] for path in samples["image_path"].astype(str)]
             keep = half_indices(names, samples["label"].astype(str).tolist(), self.test_half, self.test_half_seed)
+            other = sorted(set(range(len(samples))) - set(keep))
+            self._other_half = self.test_data.subsample(other)
             self.test_data = self.test_data.subsample(keep)
         if self.verify_images:
-            for dataset in (self.train_data, self.test_data):
-                verify_samples(dataset.samples, self._verified)
+            for dataset in (self.train_data, self.test_data, self._other_half):
+                if dataset is not None:
+                    verify_samples(dataset.samples, self._verified)
         self.category_index = CategoryIndex(self.categories, path_to_category)
         logger.info(
             "%s: %d categories, %d training and %d test images.",
@@ -290,6 +299,27 @@ class MultiClassDataModule(AnomalibDataModule):
             len(self.train_data),
             len(self.test_data),
         )
+
+    def _create_val_split(self) -> None:
+        """``from_test``: per category, stratified and seeded (:mod:`anomalib_repair.data.val_split`).
+
+        With ``test_half`` set, validation is the other half of the test images (thresholds from ``tune`` when
+        reporting on ``report``). Every other mode is anomalib's.
+        """
+        if ValSplitMode(self.val_split_mode) != ValSplitMode.FROM_TEST:
+            super()._create_val_split()
+            return
+        if self._other_half is not None:
+            self.val_data = self._other_half
+            return
+        assert self.category_index is not None
+        samples = self.test_data.samples
+        names = self.category_index.names_of(samples["image_path"].astype(str))
+        labels = samples["label"].astype(str).tolist()
+        chosen = validation_indices(names, labels, self.val_split_ratio, 0 if self.seed is None else self.seed)
+        rest = sorted(set(range(len(samples))) - set(chosen))
+        self.val_data = self.test_data.subsample(chosen)
+        self.test_data = self.test_data.subsample(rest)
 
     # ------------------------------------------------------------------ data loaders
     def train_dataloader(self) -> DataLoader:
@@ -359,8 +389,9 @@ _SHARED_DOC = """
         augmentations: Augmentations for every split without its own.
         test_split_mode: As in anomalib.
         test_split_ratio: As in anomalib.
-        val_split_mode: As in anomalib.
-        val_split_ratio: As in anomalib.
+        val_split_mode: As in anomalib (``same_as_test`` by default); ``from_test`` carves a seeded, stratified share of
+            each category's test images for validation (with ``test_half``: the other half).
+        val_split_ratio: Share of each category's test images that ``from_test`` moves to validation.
         seed: Seed for the splits.
         category_kwargs: Extra arguments for every per-category anomalib datamodule.
         verify_images: Open and ``verify()`` every image and mask at set-up so that a bad file fails at once.

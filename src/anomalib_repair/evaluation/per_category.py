@@ -2,7 +2,8 @@
 
 :class:`PerCategoryEvaluator` is an anomalib ``Evaluator`` (models use it as their default evaluator). During
 ``test`` it routes every sample to its category (looked up by image path, see
-:mod:`anomalib_repair.data.category`), updates one set of anomalib metrics per category and, at the end:
+:mod:`anomalib_repair.data.category`), updates one set of anomalib metrics per category from the model's **raw**
+outputs (it runs before the post-processor: no normalisation, no clamping) and, at the end:
 
 - logs ``<metric>/<category>`` for every category and ``<metric>`` for the mean over categories (so the usual
   anomalib keys, ``image_AUROC`` …, hold the mean) to the Lightning loggers;
@@ -22,40 +23,59 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.metrics import Evaluator
-from lightning.pytorch import LightningModule, Trainer
+from anomalib.post_processing import PostProcessor
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DistributedSampler
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
 from anomalib_repair.evaluation.metrics import METRICS, MetricSpec
+from anomalib_repair.evaluation.ranks import unit_ranks
 from anomalib_repair.evaluation.table import MEAN_ROW, ResultsTable
 
 logger = logging.getLogger(__name__)
 
 
-class LabelCounts(Metric):
-    """Counts images, anomalous images, pixels and anomalous pixels (to know which metrics are defined)."""
+class RawOutputs(Metric):
+    """The raw scores, maps, labels and masks of one category's test images (concatenated over DDP ranks)."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("counts", default=torch.zeros(4, dtype=torch.float64), dist_reduce_fx="sum")
-        self.counts: torch.Tensor
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.pred_score: list[torch.Tensor]
+        self.gt_label: list[torch.Tensor]
+        self.anomaly_map: list[torch.Tensor]
+        self.gt_mask: list[torch.Tensor]
 
-    def update(self, gt_label: torch.Tensor, gt_mask: torch.Tensor | None) -> None:  # type: ignore[override]
-        """Add one batch's labels and masks."""
-        self.counts[0] += gt_label.numel()
-        self.counts[1] += gt_label.sum()
-        if gt_mask is not None:
-            self.counts[2] += gt_mask.numel()
-            self.counts[3] += gt_mask.sum()
+    def update(  # type: ignore[override]
+        self,
+        pred_score: torch.Tensor,
+        gt_label: torch.Tensor,
+        anomaly_map: torch.Tensor | None,
+        gt_mask: torch.Tensor | None,
+    ) -> None:
+        """Add one batch (maps and masks only when both are given)."""
+        self.pred_score.append(pred_score.detach().float().flatten())
+        self.gt_label.append(gt_label.detach().flatten().int())
+        if anomaly_map is not None and gt_mask is not None:
+            self.anomaly_map.append(anomaly_map.detach().float())
+            self.gt_mask.append(gt_mask.detach().to(torch.uint8))
 
-    def compute(self) -> torch.Tensor:
-        """Return ``[images, anomalous images, pixels, anomalous pixels]``."""
-        return self.counts
+    def compute(self) -> SimpleNamespace:
+        """``pred_score``, ``gt_label``, ``anomaly_map``, ``gt_mask`` (``None`` where nothing was added)."""
+        return SimpleNamespace(
+            **{
+                name: dim_zero_cat(values) if len(values) else None  # type: ignore[arg-type]
+                for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask")
+                for values in [getattr(self, name)]
+            }
+        )
 
 
 class PerCategoryEvaluator(Evaluator):
@@ -86,8 +106,7 @@ class PerCategoryEvaluator(Evaluator):
         self.aupro_fpr_limit = aupro_fpr_limit
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.category_index: CategoryIndex = CategoryIndex.single("all")
-        self.category_metrics = nn.ModuleDict()
-        self.category_counts = nn.ModuleDict()
+        self.category_outputs = nn.ModuleDict()
         self.last_results: ResultsTable | None = None
         self.last_counts: dict[str, int] = {}
         self._unpadded_left: int | None = None
@@ -103,25 +122,18 @@ class PerCategoryEvaluator(Evaluator):
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Build one metric set per category of the trainer's datamodule."""
-        self.prepare(category_index_for(getattr(trainer, "datamodule", None)))
+        """Build one metric set per category of the trainer's datamodule; read outputs before post-processing."""
+        run_before_post_processing(self, trainer)
+        self.prepare(category_index_for(getattr(trainer, "datamodule", None), warn=stage == "test"))
         super().setup(trainer, pl_module, stage)
         if trainer.num_devices <= 1 and self.compute_on_cpu:
-            for metrics in self.category_metrics.values():
-                self.metrics_to_cpu(cast(nn.ModuleList, metrics))
-            for counts in self.category_counts.values():
-                cast(LabelCounts, counts).compute_on_cpu = True
+            for outputs in self.category_outputs.values():
+                cast(RawOutputs, outputs).compute_on_cpu = True
 
     def prepare(self, index: CategoryIndex) -> None:
-        """Create fresh metrics for the categories of ``index`` (called by ``setup``; usable without a trainer)."""
+        """Create empty stores for the categories of ``index`` (called by ``setup``; usable without a trainer)."""
         self.category_index = index
-        self.category_metrics = nn.ModuleDict(
-            {
-                module_key(name): nn.ModuleList(cast(Metric, spec.build(self.aupro_fpr_limit)) for spec in self.specs)
-                for name in index.names
-            }
-        )
-        self.category_counts = nn.ModuleDict({module_key(name): LabelCounts() for name in index.names})
+        self.category_outputs = nn.ModuleDict({module_key(name): RawOutputs() for name in index.names})
 
     # ------------------------------------------------------------------ update
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -151,23 +163,20 @@ class PerCategoryEvaluator(Evaluator):
         self.update(batch)
 
     def update(self, batch: Any) -> None:
-        """Update the per-category metrics with one batch of predictions."""
+        """Store one batch of raw predictions, each sample under its category."""
         indices = batch_category_indices(batch, self.category_index)
         anomaly_map, gt_mask = self._pixel_fields(batch)
         for position, name in enumerate(self.category_index.names):
             selected = (indices == position).nonzero().flatten()
             if selected.numel() == 0:
                 continue
-            selected_device = selected.to(batch.pred_score.device)
-            sub = SimpleNamespace(
-                pred_score=batch.pred_score[selected_device].flatten(),
-                gt_label=batch.gt_label[selected_device].flatten().int(),
-                anomaly_map=None if anomaly_map is None else anomaly_map[selected_device],
-                gt_mask=None if gt_mask is None else gt_mask[selected_device],
+            where = selected.to(batch.pred_score.device)
+            cast(RawOutputs, self.category_outputs[module_key(name)]).update(
+                batch.pred_score[where],
+                batch.gt_label[where],
+                None if anomaly_map is None else anomaly_map[where],
+                None if gt_mask is None else gt_mask[where],
             )
-            for metric in _metrics(self.category_metrics[module_key(name)]):
-                metric.update(sub)
-            cast(LabelCounts, self.category_counts[module_key(name)]).update(sub.gt_label, sub.gt_mask)
         if (indices < 0).any():
             logger.warning("%d test images belong to no known category and are not scored.", int((indices < 0).sum()))
 
@@ -189,32 +198,44 @@ class PerCategoryEvaluator(Evaluator):
 
     # ------------------------------------------------------------------ compute, log, write
     def compute(self) -> ResultsTable:
-        """Compute every metric for every category and the mean over categories (NaN where undefined)."""
+        """Compute every metric for every category and the mean over categories (NaN where undefined).
+
+        Each metric sees the category's raw scores (maps) mapped onto [0, 1] by rank
+        (:func:`~anomalib_repair.evaluation.ranks.unit_ranks`): every reported metric depends only on their
+        order, and torchmetrics would otherwise pass scores outside [0, 1] through a sigmoid that ties them.
+        """
         rows: dict[str, dict[str, float]] = {}
         self.last_counts = {}
         for name in self.category_index.names:
-            key = module_key(name)
-            counts = cast(LabelCounts, self.category_counts[key])
-            images, anomalous, pixels, anomalous_pixels = counts.compute().tolist()  # summed over DDP ranks
-            self.last_counts[name] = int(images)
+            raw = cast(RawOutputs, self.category_outputs[module_key(name)]).compute()  # gathered over DDP ranks
+            images = 0 if raw.gt_label is None else raw.gt_label.numel()
+            self.last_counts[name] = images
             if images == 0:
                 continue
+            anomalous = int(raw.gt_label.sum())
             image_defined = 0 < anomalous < images
-            pixel_defined = 0 < anomalous_pixels < pixels
+            pixel_defined = raw.gt_mask is not None and 0 < int(raw.gt_mask.sum()) < raw.gt_mask.numel()
+            image = SimpleNamespace(pred_score=unit_ranks(raw.pred_score), gt_label=raw.gt_label)
+            pixel = None
+            if pixel_defined:
+                pixel = SimpleNamespace(anomaly_map=unit_ranks(raw.anomaly_map), gt_mask=raw.gt_mask.int())
             row = {}
-            for spec, metric in zip(self.specs, _metrics(self.category_metrics[key]), strict=True):
+            for spec in self.specs:
+                inputs = image if spec.level == "image" else pixel
                 defined = image_defined if spec.level == "image" else pixel_defined
-                row[spec.key] = float(metric.compute()) if defined else math.nan
+                if not defined or inputs is None:
+                    row[spec.key] = math.nan
+                    continue
+                metric = spec.build(self.aupro_fpr_limit)
+                metric.update(inputs)  # type: ignore[arg-type]  # the fields the metric reads
+                row[spec.key] = float(metric.compute())
             rows[name] = row
         return ResultsTable.from_rows(rows, self.specs)
 
     def reset(self) -> None:
         """Forget every update."""
-        for metrics in self.category_metrics.values():
-            for metric in _metrics(metrics):
-                metric.reset()
-        for counts in self.category_counts.values():
-            cast(LabelCounts, counts).reset()
+        for outputs in self.category_outputs.values():
+            cast(RawOutputs, outputs).reset()
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute, log to the Lightning loggers, print and write the per-category table."""
@@ -234,6 +255,26 @@ class PerCategoryEvaluator(Evaluator):
         folder.mkdir(parents=True, exist_ok=True)
         table.write(folder / "per_category_metrics")
         print(f"\nPer-category results ({folder / 'per_category_metrics.csv'}):\n{table.to_markdown()}\n")  # noqa: T201
+
+
+def run_before_post_processing(callback: Callback, trainer: Trainer) -> None:
+    """Move ``callback`` before the first post-processor among the trainer's callbacks.
+
+    anomalib lists a model's post-processor before its evaluator, so an evaluator's ``on_test_batch_end`` sees
+    scores and maps already normalised with the validation statistics and clamped to [0, 1]: clamping ties every
+    score beyond the validation range, which changes AUROC and AP whenever validation is not the test set. Placed
+    first, the evaluator reads the model's raw ``pred_score`` and ``anomaly_map`` (the post-processor then replaces
+    the batch's tensors; the evaluator keeps its own copies). Lightning calls a hook on its callbacks in list order;
+    moving an entry earlier while that list is being walked neither repeats nor skips one, so this is safe to call
+    from ``setup``.
+    """
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    if callback not in callbacks:
+        return
+    processors = [i for i, other in enumerate(callbacks) if isinstance(other, PostProcessor)]
+    position = callbacks.index(callback)
+    if processors and processors[0] < position:
+        callbacks.insert(processors[0], callbacks.pop(position))
 
 
 def unpadded_samples(trainer: Trainer) -> int | None:
@@ -267,12 +308,7 @@ def _head(batch: Any, count: int) -> Any:
     return SimpleNamespace(**{name: None if value is None else value[:count] for name, value in values.items()})
 
 
-def _metrics(metrics: nn.Module) -> list[Metric]:
-    """The metrics of one category (a ``ModuleList`` of :meth:`MetricSpec.build` results), in ``specs`` order."""
-    return [cast(Metric, metric) for metric in cast(nn.ModuleList, metrics)]
-
-
-_TRANSIENT = ("category_metrics.", "category_counts.")
+_TRANSIENT = ("category_outputs.",)
 
 
 def _remove_metric_state(state_dict: dict[str, Any], prefix: str) -> None:

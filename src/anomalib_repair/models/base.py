@@ -32,6 +32,7 @@ from anomalib_repair.callbacks import install_atomic_checkpoint_io, model_callba
 from anomalib_repair.components.backbone import backbone_normalization, load_backbone_weights
 from anomalib_repair.data.category import CategoryIndex, category_index_for
 from anomalib_repair.data.sampling import shard_sampler
+from anomalib_repair.errors import BadInputError
 from anomalib_repair.evaluation import PerCategoryEvaluator
 from anomalib_repair.visualization import CategoryImageVisualizer
 
@@ -42,11 +43,30 @@ ONNX_OPSET = 18
 logger = logging.getLogger(__name__)
 
 
-def build_pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
-    """Resize to ``image_size``, center-crop to ``crop_size`` and normalise with the backbone's mean/std."""
+RESIZE_MODES = ("square", "shorter_side")
+"""``"square"``: every image to ``image_size × image_size`` (aspect ratio not kept); ``"shorter_side"``: the shorter
+side to ``image_size``, the aspect ratio kept (torchvision's ``Resize(int)``, the CRAS/GLASS authors' pipeline)."""
+
+
+def build_pre_processor(
+    backbone: str, image_size: int, crop_size: int | None, resize_mode: str = "square"
+) -> PreProcessor:
+    """Resize to ``image_size`` (see :data:`RESIZE_MODES`), center-crop to ``crop_size``, normalise for the backbone.
+
+    With ``resize_mode="shorter_side"`` a crop is required (it makes every image the same, square size).
+    """
+    if resize_mode not in RESIZE_MODES:
+        msg = f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got '{resize_mode}'."
+        raise BadInputError(msg)
+    if resize_mode == "shorter_side" and crop_size is None:
+        msg = (
+            "resize_mode='shorter_side' keeps the aspect ratio, so it needs a crop_size (or use resize_mode='square')."
+        )
+        raise BadInputError(msg)
     mean, std = backbone_normalization(backbone)
-    steps: list[Any] = [Resize((image_size, image_size), antialias=True)]
-    if crop_size is not None and crop_size != image_size:
+    size: int | tuple[int, int] = image_size if resize_mode == "shorter_side" else (image_size, image_size)
+    steps: list[Any] = [Resize(size, antialias=True)]
+    if crop_size is not None and (crop_size != image_size or resize_mode == "shorter_side"):
         steps.append(CenterCrop((crop_size, crop_size)))
     steps.append(Normalize(mean=list(mean), std=list(std)))
     return PreProcessor(transform=Compose(steps))

@@ -23,11 +23,11 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from anomalib_repair.components.feature_cache import FeatureCache
+from anomalib_repair.components.feature_cache import CACHE_DTYPES, FeatureCache
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices
 from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
+from anomalib_repair.models.base import RESIZE_MODES, RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
 from anomalib_repair.models.cras.torch_model import SCORE_MODES, CrasModel
 from anomalib_repair.seeding import apply_cli_seed
@@ -55,6 +55,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         discriminator_weight_decay: Adam weight decay of the discriminator (paper: 1e-5).
         image_size: Resize before cropping (paper: 329).
         crop_size: Center crop fed to the network (paper: 288).
+        resize_mode: ``"shorter_side"`` (authors' code): the shorter side to ``image_size``, aspect ratio kept,
+            then the center crop; ``"square"``: every image squashed to ``image_size × image_size`` first.
         sigma: Gaussian smoothing of the anomaly map (paper: 4).
         center_dtype: Storage precision of the class centers, ``"float32"`` (paper) or ``"float16"`` (half the
             memory for many categories).
@@ -62,8 +64,10 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         score_mode: ``"logit"`` (default): patch scores, map and image score are the discriminator's logits;
             ``"probability"`` (paper): its sigmoid, which saturates at 1.0 and can tie every image's score.
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
-            backbone's patch features once and reuse them every epoch (fp16; needs un-augmented training data).
+            backbone's patch features once and reuse them every epoch (needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
+        feature_cache_dtype: Storage precision of the cache: ``"float16"`` (half the memory; later epochs see the
+            features rounded to half precision) or ``"float32"`` (exactly the backbone's features).
         pre_processor: anomalib pre-processor, or ``True`` for resize + crop + the backbone's normalisation.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator, or ``True`` for the per-category evaluator.
@@ -91,12 +95,14 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         discriminator_weight_decay: float = 1e-5,
         image_size: int = 329,
         crop_size: int = 288,
+        resize_mode: str = "shorter_side",
         sigma: float = 4.0,
         center_dtype: str = "float32",
         match_chunk: int = 8,
         score_mode: str = "logit",
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
+        feature_cache_dtype: str = "float16",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -104,6 +110,12 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     ) -> None:
         if feature_cache not in {None, "memory", "disk"}:
             msg = f"feature_cache must be None, 'memory' or 'disk', got '{feature_cache}'."
+            raise BadInputError(msg)
+        if feature_cache_dtype not in CACHE_DTYPES:
+            msg = f"feature_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got '{feature_cache_dtype}'."
+            raise BadInputError(msg)
+        if resize_mode not in RESIZE_MODES:
+            msg = f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got '{resize_mode}'."
             raise BadInputError(msg)
         if center_dtype not in {"float32", "float16"}:
             msg = f"center_dtype must be 'float32' or 'float16', got '{center_dtype}'."
@@ -120,7 +132,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             visualizer=visualizer,
         )
         if pre_processor is True:
-            self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
+            self.pre_processor = build_pre_processor(backbone, image_size, crop_size, resize_mode)
         self.model: CrasModel = CrasModel(
             backbone=backbone,
             layers=list(layers),
@@ -141,6 +153,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.discriminator_weight_decay = discriminator_weight_decay
         self.feature_cache = feature_cache
         self.feature_cache_dir = feature_cache_dir
+        self.feature_cache_dtype = feature_cache_dtype
         self.automatic_optimization = False
         self.category_names: list[str] = []
         self._category_index: CategoryIndex | None = None
@@ -234,6 +247,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
                 features.shape[1:],
                 location=str(self.feature_cache),
                 directory=self.feature_cache_dir,
+                dtype=self.feature_cache_dtype,
             )
         if self._cache is not None:
             self._cache.put(paths, features)
