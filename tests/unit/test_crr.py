@@ -148,6 +148,73 @@ def test_reconstruct_repair_loss_ramps_hard_mining_and_scales_easy_gradients():
     assert loss_fn.cosine.p == pytest.approx(0.9)
 
 
+def test_hard_mining_scales_the_gradients_of_the_easiest_points_by_the_factor():
+    torch.manual_seed(0)
+    target = [torch.randn(2, 8, 6, 6)]
+    decoded = torch.randn(2, 8, 6, 6)
+    grads = {}
+    for factor in (0.1, 1.0):
+        leaf = decoded.clone().requires_grad_(True)
+        loss_fn = ReconstructRepairLoss(p_final=0.5, ramp_steps=1, factor=factor)
+        loss_fn.cosine(target, [leaf], 10).backward()  # one term; p = 0.5 after the ramp
+        grads[factor] = leaf.grad
+    ratio = grads[0.1].norm(dim=1) / grads[1.0].norm(dim=1)  # per point (image, row, column)
+    easy = ratio < 0.5
+    torch.testing.assert_close(ratio[easy], torch.full_like(ratio[easy], 0.1))
+    torch.testing.assert_close(ratio[~easy], torch.ones_like(ratio[~easy]))
+    # the scaled points are the easiest half: their point-wise 1 - cos is below every hard point's
+    distance = 1 - F.cosine_similarity(target[0], decoded, dim=1)
+    assert easy.float().mean() == pytest.approx(0.5, abs=0.05)
+    assert distance[easy].max() <= distance[~easy].min()
+
+
+def test_segmentation_network_is_initialised_like_the_reference_by_default():
+    torch.manual_seed(0)
+    reference = CrrModel(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, **LITE).segmentation
+    torch.manual_seed(0)
+    default = CrrModel(
+        layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, seg_init="pytorch", **LITE
+    ).segmentation
+    convs = [m for m in reference.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in reference.modules() if isinstance(m, nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.detach().flatten() for m in convs])
+    assert float(weights.mean().abs()) < 2e-3 and float(weights.std()) == pytest.approx(0.02, rel=0.05)
+    scales = torch.cat([m.weight.detach().flatten() for m in norms])
+    assert float(scales.mean()) == pytest.approx(1.0, abs=5e-3) and float(scales.std()) == pytest.approx(0.02, rel=0.15)
+    assert all(bool((m.bias == 0).all()) for m in norms)
+    # PyTorch's default: Kaiming-uniform convolutions (std depends on fan-in), BatchNorm weights exactly 1
+    assert all(bool((m.weight == 1).all()) for m in default.modules() if isinstance(m, nn.BatchNorm2d))
+    for ours, theirs in zip(convs, (m for m in default.modules() if isinstance(m, nn.Conv2d)), strict=True):
+        bound = 1 / (theirs.weight[0].numel() ** 0.5)  # Kaiming-uniform's bound
+        assert float(theirs.weight.abs().max()) <= bound + 1e-7
+        if bound < 0.04:  # wide layers: the N(0, 0.02) draw has many weights beyond it
+            assert float(ours.weight.abs().max()) > bound
+    with pytest.raises(BadInputError, match="seg_init"):
+        CrrModel(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, seg_init="xavier", **LITE)
+
+
+def test_synthesis_uses_the_pre_processors_own_normalisation_and_round_trips_it():
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    from anomalib_repair.data.synthesis import AnomalySynthesizer
+
+    mean, std = (0.2, 0.3, 0.4), (0.1, 0.2, 0.3)
+    custom = PreProcessor(transform=Compose([Resize((32, 32)), Normalize(mean=list(mean), std=list(std))]))
+    model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, pre_processor=custom, **LITE)
+    assert model.input_normalization() == (mean, std)
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = custom.transform(pixels)
+    damaged, masks = AnomalySynthesizer()(images, *model.input_normalization())
+    outside = masks.expand_as(images) == 0
+    assert outside.any()
+    torch.testing.assert_close(damaged[outside], images[outside], atol=1e-6, rtol=0)  # un-normalised, re-normalised
+    raw = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, pre_processor=PreProcessor(), **LITE)
+    assert raw.input_normalization() == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no Normalize: images in [0, 1]
+    lite = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, **LITE)
+    assert lite.input_normalization() == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the default: Lite0's own statistics
+
+
 def test_focal_loss_is_low_for_the_right_mask():
     masks = torch.zeros(1, 1, 8, 8)
     masks[..., 2:5, 2:5] = 1

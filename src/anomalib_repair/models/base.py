@@ -72,6 +72,28 @@ def build_pre_processor(
     return PreProcessor(transform=Compose(steps))
 
 
+def pre_processor_normalization(pre_processor: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` of the ``Normalize`` in a pre-processor's transform, ``None`` when it has none.
+
+    Looks through nested ``Compose`` transforms; with several ``Normalize`` steps the last one wins only if it is
+    the only one (two are refused: the images' scale would be their composition).
+    """
+    transform = getattr(pre_processor, "transform", None)
+    found: list[Normalize] = []
+    pending = [transform] if transform is not None else []
+    while pending:
+        step = pending.pop(0)
+        if isinstance(step, Normalize):
+            found.append(step)
+        pending = list(getattr(step, "transforms", [])) + pending
+    if not found:
+        return None
+    if len(found) > 1:
+        msg = "The pre-processor normalises twice: keep one Normalize so the model can undo it for synthesis."
+        raise BadInputError(msg)
+    return tuple(float(v) for v in found[0].mean), tuple(float(v) for v in found[0].std)
+
+
 def batch_inputs(batch: Batch) -> tuple[torch.Tensor, list[str]]:
     """The images and image paths of a training batch (both are required by training steps)."""
     images = getattr(batch, "image", None)

@@ -30,10 +30,14 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from anomalib_repair.components.backbone import backbone_normalization
 from anomalib_repair.data.synthesis import AnomalySynthesizer
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
+from anomalib_repair.models.base import (
+    RepairModuleMixin,
+    batch_inputs,
+    build_pre_processor,
+    pre_processor_normalization,
+)
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
 from anomalib_repair.seeding import apply_cli_seed
@@ -118,6 +122,9 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             ``False`` (default) gives deterministic scores.
         seg_base_width: Width ``b`` of the segmentation network (default: its input channels // 8 = 192).
         seg_size: Output size of the segmentation network (256 as in the reference; ``None``: input size).
+        seg_init: Initialisation of the segmentation network: ``"reference"`` (the authors' code, from DRAEM:
+            convolution weights N(0, 0.02), BatchNorm weights N(1, 0.02) and biases 0) or ``"pytorch"``
+            (PyTorch's default initialisation).
         rec_weight: Weight of the reconstruction map in the fused map (0.7; 1.0 when ``stage2_steps == 0``).
         sigma: Gaussian smoothing of the fused map (σ = 4, 5×5).
         top_ratio: Share of the highest map values averaged into the image score (0.01).
@@ -171,6 +178,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         eval_masking: bool = False,
         seg_base_width: int | None = None,
         seg_size: int | None = 256,
+        seg_init: str = "reference",
         rec_weight: float = 0.7,
         sigma: float = 4.0,
         top_ratio: float = 0.01,
@@ -233,6 +241,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             eval_masking=eval_masking,
             seg_base_width=seg_base_width,
             seg_size=seg_size,
+            seg_init=seg_init,
             rec_weight=rec_weight if stage2_steps > 0 else 1.0,
             sigma=sigma,
             top_ratio=top_ratio,
@@ -252,7 +261,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.texture_dir = texture_dir
         self.texture_probability = texture_probability
         self.foreground = foreground
-        self.normalization = backbone_normalization(backbone)
+        self.normalization = self.input_normalization()
         self.automatic_optimization = False
         self._synthesizer: AnomalySynthesizer | None = None
 
@@ -306,6 +315,15 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         return [reconstruction, segmentation], [{"scheduler": scheduler, "interval": "step"}]
 
     # ------------------------------------------------------------------ training
+    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean and std the training images were normalised with: the pre-processor's own ``Normalize``.
+
+        A pre-processor without one leaves images in [0, 1] (mean 0, std 1). The synthesiser undoes this
+        normalisation to paste anomalies on pixels, then applies it again.
+        """
+        found = pre_processor_normalization(getattr(self, "pre_processor", None))
+        return found if found is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
     def on_train_start(self) -> None:
         """Build the anomaly synthesiser and warn when the trainer's limits end training before both stages."""
         self._synthesizer = AnomalySynthesizer(
@@ -313,6 +331,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             texture_probability=self.texture_probability,
             foreground=self.foreground,
         )
+        self.normalization = self.input_normalization()
         trainer = self.trainer
         limit = math.inf
         if trainer.max_steps is not None and trainer.max_steps >= 0:
@@ -357,7 +376,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if stage_batch is not None:
             images = images[:stage_batch]
         mean, std = self.normalization
-        damaged, masks = self._synthesizer(images, mean, std)
+        damaged, masks = self._synthesizer(images, mean, std)  # un-normalised with the pre-processor's Normalize
         loss = self._stage1_step(images, damaged, step) if stage == 1 else self._stage2_step(damaged, masks)
         if not torch.isfinite(loss):
             msg = f"CRR stage-{stage} loss is not finite (NaN/inf): lower lr/seg_lr or check the input images."

@@ -204,6 +204,23 @@ class SegmentationNetwork(nn.Module):
         return self.final(self.db4(self.up4(x)))
 
 
+SEG_INITS = ("reference", "pytorch")
+
+
+def reference_segmentation_init(module: nn.Module) -> None:
+    """The authors' initialisation of the segmentation network (DRAEM's).
+
+    Convolution weights from N(0, 0.02) (their biases keep PyTorch's default), BatchNorm weights from N(1, 0.02)
+    and BatchNorm biases 0. Draws from the global random stream, like the reference.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, mean=0.0, std=0.02)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.normal_(layer.weight, mean=1.0, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+
 def segmentation_input(encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
     """``-(normalise(E) ⊙ normalise(D))`` per group, concatenated on channels (``E`` carries no gradient)."""
     return torch.cat(
@@ -242,6 +259,7 @@ class CrrModel(nn.Module):
         eval_masking: Keep the element masking on in eval mode.
         seg_base_width: Width ``b`` of the segmentation network (default: input channels // 8).
         seg_size: Output size of the segmentation network (256); ``None`` for the input size.
+        seg_init: ``"reference"`` (DRAEM's initialisation, as the authors' code) or ``"pytorch"`` (the default one).
         rec_weight: Weight of the reconstruction map in the fused map (0.7; the segmentation map gets the rest).
         sigma: Gaussian smoothing of the fused map (4, 5×5 kernel).
         top_ratio: Fraction of the highest map values averaged into the image score (0.01).
@@ -263,6 +281,7 @@ class CrrModel(nn.Module):
         eval_masking: bool = False,
         seg_base_width: int | None = None,
         seg_size: int | None = 256,
+        seg_init: str = "reference",
         rec_weight: float = 0.7,
         sigma: float = 4.0,
         top_ratio: float = 0.01,
@@ -284,7 +303,12 @@ class CrrModel(nn.Module):
             raise BadInputError(msg)
         self.bottleneck = FeatureMaskingBottleneck(width, mask_ratio, dropout, eval_masking)
         self.decoder = nn.ModuleList(LinearAttentionBlock(width, heads) for _ in range(decoder_depth))
+        if seg_init not in SEG_INITS:
+            msg = f"seg_init must be one of {', '.join(SEG_INITS)}, got '{seg_init}'."
+            raise BadInputError(msg)
         self.segmentation = SegmentationNetwork(len(self.groups) * width, seg_base_width, seg_size)
+        if seg_init == "reference":
+            reference_segmentation_init(self.segmentation)
         self.rec_weight = rec_weight
         self.top_ratio = top_ratio
         self.blur = GaussianBlur2d(kernel_size=(5, 5), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
