@@ -39,6 +39,7 @@ def _install(session: nox.Session, extras: str = "dev") -> None:
 def tests(session: nox.Session) -> None:
     """The default test suite (fast; trainings on tiny settings; real data where ../shared/data exists)."""
     _install(session)
+    session.run(PYTHON, "-m", "pip", "check", external=True)  # every declared dependency present and compatible
     session.run(PYTHON, "-m", "pytest", "-q", *session.posargs, external=True)
 
 

@@ -1,10 +1,9 @@
-"""Short CRAS trainings: unified multi-class on generated and on real data, checkpoint round trip."""
+"""Short CRAS trainings on generated data: unified, checkpoint round trip (real data: test_real_data_training.py)."""
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
@@ -59,21 +58,6 @@ def test_unified_training_on_generated_data_beats_chance_and_reloads_identically
         before, after = model.model(images), restored.model(images)
     torch.testing.assert_close(before.pred_score, after.pred_score, rtol=0, atol=0)
     torch.testing.assert_close(before.anomaly_map, after.anomaly_map, rtol=0, atol=0)
-
-
-@pytest.mark.real_data
-def test_unified_training_on_real_data_beats_chance(tmp_path, real_data_root):
-    """hazelnut_toy + magnetic_tile in one model, 2 epochs at 128 px: mean I-AUROC and P-AUROC well above 0.5."""
-    seed_everything(0)
-    datamodule = MVTecFolder(root=real_data_root, train_batch_size=16, eval_batch_size=32, num_workers=2)
-    model = CRAS(**REDUCED, image_size=128, crop_size=128, visualizer=False)
-    engine = _engine(tmp_path, epochs=2)
-    engine.fit(model=model, datamodule=datamodule)
-    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-    for key in ("image_AUROC/hazelnut_toy", "image_AUROC/magnetic_tile", "pixel_AUROC", "pixel_AUPRO"):
-        assert not math.isnan(results[key]), key
-    assert results["image_AUROC"] >= 0.65, results
-    assert results["pixel_AUROC"] >= 0.75, results
 
 
 def test_per_category_post_processor_in_a_real_run(tmp_path, demo_root):
