@@ -56,12 +56,22 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "patchcore", "--seeds", "0", "--set", "coreset_sampling_ratio=0.01",
      "--output", f"{RESULTS}/patchcore_128.csv"),
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--output", f"{RESULTS}/mfrnet_128.csv"),
-    ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/crr_128.csv"),
+    # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch)
+    ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "1", "2",
+     "--output", f"{RESULTS}/crr_128_seginit.csv"),
     *(
         ("--method", "cras", "--budgets", "10", "--seeds", "0", "--set", f"noise_std={sigma}",
          "--output", f"{RESULTS}/cras_128_tuning.csv")
         for sigma in (0.5, 2.0)  # chosen on the tune half: the recipe keeps 1.0
     ),
+    *(
+        ("--method", "cras", "--budgets", "30", "--seeds", "0", "--set", setting,
+         "--output", f"{RESULTS}/cras_128_cache.csv")
+        for setting in ("feature_cache_dtype=float16", "feature_cache_dtype=float32", "feature_cache=null")
+    ),
+    ("--method", "cras", "--budgets", "1", "3", "10", "30", "--seeds", "0", "--image-size", "256",
+     "--output", f"{RESULTS}/cras_256.csv"),
+    ("--method", "padim", "--set", "n_features=100", "--image-size", "256", "--output", f"{RESULTS}/padim_256.csv"),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (

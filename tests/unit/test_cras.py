@@ -207,7 +207,8 @@ def test_synthesis_carries_no_gradient_into_the_noise():
 
 @pytest.mark.parametrize("location", ["memory", "disk"])
 def test_feature_cache_round_trip(tmp_path, location):
-    cache = FeatureCache(3, (4, 5), location=location, directory=tmp_path if location == "disk" else None)
+    directory = tmp_path if location == "disk" else None
+    cache = FeatureCache(3, (4, 5), location=location, directory=directory, dtype="float16")
     values = torch.randn(2, 4, 5)
     cache.put(["a.png", "b.png"], values)
     assert cache.has_all(["b.png", "a.png"]) and not cache.has_all(["a.png", "c.png"])
@@ -218,12 +219,12 @@ def test_feature_cache_round_trip(tmp_path, location):
 
 
 def test_float32_feature_cache_returns_the_features_exactly(tmp_path):
-    cache = FeatureCache(2, (4, 5), location="disk", directory=tmp_path, dtype="float32")
+    cache = FeatureCache(2, (4, 5), location="disk", directory=tmp_path)  # float32 by default
     values = torch.randn(2, 4, 5) * 100
     cache.put(["a.png", "b.png"], values)
     assert torch.equal(cache.get(["a.png", "b.png"], torch.device("cpu")), values)
     assert cache.nbytes == 2 * 4 * 5 * 4
-    half = FeatureCache(2, (4, 5))
+    half = FeatureCache(2, (4, 5), dtype="float16")
     half.put(["a.png", "b.png"], values)
     rounded = half.get(["a.png", "b.png"], torch.device("cpu"))
     assert not torch.equal(rounded, values)

@@ -29,7 +29,7 @@ class FeatureCache:
         shape: Shape of one image's features, e.g. ``(1296, 1536)``.
         location: ``"memory"`` or ``"disk"`` (a memory-mapped float16 file).
         directory: Where the disk file goes (a temporary folder when ``None``).
-        dtype: ``"float16"`` (half the memory) or ``"float32"`` (the features exactly as computed).
+        dtype: ``"float32"`` (the features exactly as computed) or ``"float16"`` (half the memory).
     """
 
     def __init__(
@@ -38,7 +38,7 @@ class FeatureCache:
         shape: Sequence[int],
         location: str = "memory",
         directory: str | Path | None = None,
-        dtype: str = "float16",
+        dtype: str = "float32",
     ) -> None:
         if location not in {"memory", "disk"}:
             msg = f"feature_cache must be 'memory', 'disk' or None, got '{location}'."

@@ -66,8 +66,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
             backbone's patch features once and reuse them every epoch (needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
-        feature_cache_dtype: Storage precision of the cache: ``"float16"`` (half the memory; later epochs see the
-            features rounded to half precision) or ``"float32"`` (exactly the backbone's features).
+        feature_cache_dtype: Storage precision of the cache: ``"float32"`` (default: exactly the backbone's
+            features, so the cache changes nothing but speed and memory) or ``"float16"`` (half the memory; later
+            epochs see the features rounded to half precision, which moved I-AUROC by 0.005 in a measured run).
         pre_processor: anomalib pre-processor, or ``True`` for resize + crop + the backbone's normalisation.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator, or ``True`` for the per-category evaluator.
@@ -102,7 +103,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         score_mode: str = "logit",
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
-        feature_cache_dtype: str = "float16",
+        feature_cache_dtype: str = "float32",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
