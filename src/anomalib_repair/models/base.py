@@ -104,6 +104,23 @@ def batch_inputs(batch: Batch) -> tuple[torch.Tensor, list[str]]:
     return images, [paths] if isinstance(paths, str) else list(paths)
 
 
+def _validate_this_epoch(trainer: Any) -> None:
+    """Let the current epoch's validation run whatever ``check_val_every_n_epoch`` says (training ends in it).
+
+    Thresholds, normalisation and the checkpoint come from validation: a fit that ends in an epoch that
+    ``check_val_every_n_epoch`` skips would end with none of them (or with stale ones from an earlier epoch).
+    """
+    every = trainer.check_val_every_n_epoch
+    if every is not None and every > 1 and (trainer.current_epoch + 1) % every != 0:
+        logger.info(
+            "Training ends in epoch %d, which check_val_every_n_epoch=%d skips: validating it anyway (thresholds "
+            "and the checkpoint come from validation).",
+            trainer.current_epoch + 1,
+            every,
+        )
+        trainer.check_val_every_n_epoch = 1
+
+
 class RepairModuleMixin:
     """Shared behaviour of CRR, MFRNet and CRAS (see the module docstring)."""
 
@@ -145,6 +162,36 @@ class RepairModuleMixin:
         """Export to ONNX at opset :data:`ONNX_OPSET` unless ``opset_version`` is given (OpenVINO export too)."""
         kwargs.setdefault("opset_version", ONNX_OPSET)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)  # type: ignore[misc]
+
+    def on_train_epoch_start(self) -> None:
+        """Make the last epoch (by ``max_epochs``) validate even when ``check_val_every_n_epoch`` would skip it.
+
+        Also warns, once per fit, when the trainer has no validation at all: nothing would fit thresholds or
+        normalisation.
+        """
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if not trainer.enable_validation and getattr(self, "_warned_no_validation", None) is not trainer:
+            self._warned_no_validation = trainer
+            logger.warning(
+                "No validation runs in this fit (no validation data or limit_val_batches=0): thresholds and "
+                "normalisation stay unset, so predicted labels and masks are meaningless."
+            )
+        if (
+            trainer.max_epochs is not None
+            and trainer.max_epochs > 0
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+        ):
+            _validate_this_epoch(trainer)
+        super().on_train_epoch_start()  # type: ignore[misc]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """When this is the last training step (``max_steps``, or the model stopping), validate before ending."""
+        trainer = self.trainer  # type: ignore[attr-defined]
+        last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+        if last_step or trainer.should_stop:
+            _validate_this_epoch(trainer)
+            trainer.should_stop = True  # Lightning validates a stopping epoch at once
+        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
 
     def on_fit_end(self) -> None:
         """Remember the checkpoint this fit resumed from (see :meth:`on_load_checkpoint`)."""

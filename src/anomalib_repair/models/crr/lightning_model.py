@@ -428,9 +428,9 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
         """Stop training once both stages are done."""
-        del outputs, batch, batch_idx
         if self.trainer.global_step >= self.total_steps:
             self.trainer.should_stop = True
+        super().on_train_batch_end(outputs, batch, batch_idx)  # validates before ending (RepairModuleMixin)
 
     def on_train_end(self) -> None:
         """Unfreeze the stage-I modules again (for later use) and warn when training ended before both stages."""
