@@ -206,3 +206,21 @@ def test_anomalib_finds_our_models_by_name(monkeypatch: pytest.MonkeyPatch) -> N
         assert name in names, name
         model = get_model(name)  # default arguments: paper backbones, whose weights are resolved only in `setup`
         assert isinstance(model, getattr(anomalib_repair, name))
+
+
+def test_checkpoint_alone_rebuilds_a_default_constructed_model(
+    trained: Trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Engine().test(model=<Model>(), ckpt_path=CK)`` (what ``anomalib test --model ... --ckpt_path CK`` does).
+
+    The default construction is the paper's network (another backbone, other sizes); the checkpoint's saved
+    arguments rebuild the tiny one before its weights load, offline, and the metrics are the trained model's.
+    """
+    checkpoint = _checkpoint(trained)
+    default = type(trained.model)()
+    engine = _engine(trained.root / "checkpoint_only")
+    with caplog.at_level("WARNING"):
+        again = engine.test(model=default, datamodule=trained.datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
+    assert any("rebuilt as saved in the checkpoint" in record.getMessage() for record in caplog.records)
+    for key, value in trained.results.items():
+        assert again[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key

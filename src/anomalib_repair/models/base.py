@@ -5,8 +5,10 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 
 - the input pipeline: resize, center-crop and normalise with the backbone's own mean and std;
 - the per-category evaluator (:class:`~anomalib_repair.evaluation.PerCategoryEvaluator`) as default evaluator;
-- backbone weights resolved when ``fit``/``test``/``predict`` starts (never at construction), skipped when a
-  checkpoint is being restored (the checkpoint carries them);
+- backbone weights resolved when ``fit``/``validate``/``test``/``predict`` starts (never at construction), after
+  Lightning restored any checkpoint (which carries them, so nothing is fetched then);
+- a checkpoint's saved arguments rebuild a default-constructed model before its weights load (checkpoint-only
+  ``anomalib test|predict --ckpt_path``);
 - the category index of the running datamodule (:mod:`anomalib_repair.data.category`);
 - interruption safety (:mod:`anomalib_repair.callbacks`): atomic checkpoint files, per-rank random streams under
   DDP and random states saved in checkpoints (the :class:`~anomalib_repair.callbacks.TrainingState` callback).
@@ -14,6 +16,7 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,6 +38,9 @@ from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.evaluation import PerCategoryEvaluator
 from anomalib_repair.visualization import CategoryImageVisualizer
+
+_COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
+"""anomalib's components: built by the running command, never replaced from a checkpoint's arguments."""
 
 # torch's ONNX exporter implements opset >= 18 only; anomalib asks for 14, and the down-conversion fails on
 # Resize/Pad with a logged traceback (the file then stays at 18 anyway). Exporting at 18 directly is clean.
@@ -139,18 +145,71 @@ class RepairModuleMixin:
         return model_callbacks(super().configure_callbacks())  # type: ignore[misc]
 
     def setup(self, stage: str) -> None:
-        """Resolve the backbone's pretrained weights unless a checkpoint is about to restore them.
-
-        Also makes the trainer write checkpoint files atomically
-        (:class:`~anomalib_repair.callbacks.AtomicCheckpointIO`).
-        """
+        """Make the trainer write checkpoint files atomically (:class:`~anomalib_repair.callbacks.AtomicCheckpointIO`)."""
         trainer = getattr(self, "_trainer", None)
         if trainer is not None:
             install_atomic_checkpoint_io(trainer)
-        restoring = trainer is not None and trainer.ckpt_path is not None
-        if not restoring:
-            load_backbone_weights(self)  # type: ignore[arg-type]
         super().setup(stage)  # type: ignore[misc]
+
+    # Backbone weights are resolved when a command starts, after Lightning restored any checkpoint (which carries
+    # them, so nothing is fetched then): ``setup`` runs before the restore and cannot know the checkpoint.
+    def on_fit_start(self) -> None:
+        """Resolve the backbone's pretrained weights unless a restored checkpoint brought them."""
+        load_backbone_weights(self)  # type: ignore[arg-type]
+        super().on_fit_start()  # type: ignore[misc]
+
+    def on_validation_start(self) -> None:
+        """As :meth:`on_fit_start` (``validate`` without a fit)."""
+        load_backbone_weights(self)  # type: ignore[arg-type]
+        super().on_validation_start()  # type: ignore[misc]
+
+    def on_test_start(self) -> None:
+        """As :meth:`on_fit_start`."""
+        load_backbone_weights(self)  # type: ignore[arg-type]
+        super().on_test_start()  # type: ignore[misc]
+
+    def on_predict_start(self) -> None:
+        """As :meth:`on_fit_start`."""
+        load_backbone_weights(self)  # type: ignore[arg-type]
+        super().on_predict_start()  # type: ignore[misc]
+
+    def adopt_checkpoint_configuration(
+        self, checkpoint: dict[str, Any], source: str = ""
+    ) -> dict[str, tuple[Any, Any]]:
+        """Rebuild the network as the checkpoint's saved hyperparameters describe it, before its weights load.
+
+        ``anomalib test|predict --model anomalib_repair.CRAS --ckpt_path CK`` constructs the model with its default
+        arguments (e.g. the paper's backbone) and only then loads ``CK``; so do ``Engine().test(model=CRAS(),
+        ckpt_path=CK)`` and a resumed fit. When the checkpoint was trained with other arguments, the network, the
+        pre-processing and every configured value are taken from a model built with the checkpoint's arguments
+        (nothing is downloaded: backbone weights come from the checkpoint's state dict). Called from
+        :meth:`on_load_checkpoint`, which Lightning runs before loading the state dict. Returns the arguments that
+        differed, ``{name: (given, saved)}``; one warning line names them.
+        """
+        saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key not in _COMPONENTS}
+        current = dict(getattr(self, "hparams", {}))
+        differing = {key: (current.get(key), value) for key, value in saved.items() if current.get(key) != value}
+        if not differing:
+            return {}
+        names = ", ".join(f"{key}={saved_value!r} (given {given!r})" for key, (given, saved_value) in differing.items())
+        logger.warning("%s is rebuilt as saved in the checkpoint%s: %s.", type(self).__name__, source, names)
+        signature = inspect.signature(type(self).__init__).parameters
+        fresh = type(self)(**{key: value for key, value in saved.items() if key in signature})
+        for name, module in fresh.named_children():
+            if name not in _COMPONENTS:
+                setattr(self, name, module)
+        for key in saved:
+            value = getattr(fresh, key, None)
+            if key in signature and hasattr(self, key) and not isinstance(value, torch.nn.Module):
+                setattr(self, key, value)
+        for name in ("normalization",):  # derived from the arguments, not named after one
+            if hasattr(fresh, name):
+                setattr(self, name, getattr(fresh, name))
+        own, theirs = getattr(self, "pre_processor", None), getattr(fresh, "pre_processor", None)
+        if isinstance(own, PreProcessor) and isinstance(theirs, PreProcessor) and current.get("pre_processor", True):
+            own.transform, own.export_transform = theirs.transform, theirs.export_transform
+        self.hparams.update(saved)  # type: ignore[attr-defined]
+        return differing
 
     def to_onnx(
         self,
@@ -219,6 +278,14 @@ class RepairModuleMixin:
             checkpoint["state_dict"] = dict(self.state_dict())  # type: ignore[attr-defined]
             checkpoint.pop("callbacks", None)  # the post-processor's stale normalisation statistics too
             self._resumed_fit_from = None
+        elif trainer is not None:
+            path = getattr(trainer, "ckpt_path", None)
+            if self.adopt_checkpoint_configuration(checkpoint, f" {path}" if path else ""):
+                # anomalib's datamodule copied the model's resize into its datasets at set-up, before this restore:
+                # its setup (already done, so it only refreshes that copy) takes the checkpoint's resize instead
+                datamodule = getattr(trainer, "datamodule", None)
+                if datamodule is not None:
+                    datamodule.setup(trainer.state.fn)
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
     def current_category_index(self) -> CategoryIndex:
