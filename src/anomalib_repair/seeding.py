@@ -1,41 +1,21 @@
 """Make ``anomalib train --seed_everything N`` seed the run.
 
-anomalib's command line (2.x) accepts ``--seed_everything`` and documents it as "run seed_everything with this
-value before classes instantiation", but never calls it: two runs of the same command start from different
-random states and end with different metrics. The package's models and datamodules call
-:func:`apply_cli_seed` first thing in their constructors; when they are being built by anomalib's CLI and the
-user gave an integer seed, it runs Lightning's ``seed_everything`` once for that CLI, before any weight is
-initialised. Outside the CLI (Python API) it does nothing: there the user calls ``seed_everything`` as usual.
+anomalib's command line (2.x) accepts ``--seed_everything`` (also from a ``--config`` file) and documents it as
+"run seed_everything with this value before classes instantiation", but never calls it: two runs of the same
+command would start from different random states and end with different metrics. Inside anomalib's CLI process
+only, :mod:`anomalib_repair.cli_support` wraps the CLI's ``before_instantiate_classes`` hook once so that it calls
+:func:`apply_cli_seed` with the parsed configuration, just before the model and datamodule are built. Outside the
+CLI (Python API, notebooks) nothing is seeded: there the user calls ``seed_everything`` as usual.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-import weakref
-from types import FrameType
 from typing import Any
 
 from lightning.pytorch import seed_everything
 
 logger = logging.getLogger(__name__)
-
-_SEEDED: weakref.WeakSet[Any] = weakref.WeakSet()  # CLI objects whose seed was applied already
-
-
-def _calling_cli() -> Any | None:
-    """The ``AnomalibCLI`` whose method is on the call stack, if any (without importing anomalib's CLI)."""
-    module = sys.modules.get("anomalib.cli.cli")
-    cli_class = getattr(module, "AnomalibCLI", None)
-    if cli_class is None:
-        return None
-    frame: FrameType | None = sys._getframe(1)  # noqa: SLF001
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, cli_class):
-            return candidate
-        frame = frame.f_back
-    return None
 
 
 def cli_seed(cli: Any) -> int | None:
@@ -51,12 +31,8 @@ def cli_seed(cli: Any) -> int | None:
     return value
 
 
-def apply_cli_seed() -> int | None:
-    """Seed everything from anomalib's ``--seed_everything`` once per CLI run; returns the seed it applied."""
-    cli = _calling_cli()
-    if cli is None or cli in _SEEDED:
-        return None
-    _SEEDED.add(cli)
+def apply_cli_seed(cli: Any) -> int | None:
+    """Seed everything from ``cli``'s integer ``--seed_everything``; returns the seed it applied (else ``None``)."""
     seed = cli_seed(cli)
     if seed is None:
         return None

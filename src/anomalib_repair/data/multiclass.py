@@ -30,7 +30,6 @@ from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.val_split import validation_indices
 from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
-from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +121,6 @@ class MultiClassDataModule(AnomalibDataModule):
         if cache_images and num_workers > 0:
             msg = "cache_images holds the images in the main process: set num_workers=0 (or cache_images=False)."
             raise BadInputError(msg)
-        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,

@@ -145,7 +145,7 @@ class RepairModuleMixin:
         return model_callbacks(super().configure_callbacks())  # type: ignore[misc]
 
     def setup(self, stage: str) -> None:
-        """Make the trainer write checkpoint files atomically (:class:`~anomalib_repair.callbacks.AtomicCheckpointIO`)."""
+        """Make the trainer write checkpoint files atomically (see ``callbacks.AtomicCheckpointIO``)."""
         trainer = getattr(self, "_trainer", None)
         if trainer is not None:
             install_atomic_checkpoint_io(trainer)
@@ -195,7 +195,7 @@ class RepairModuleMixin:
         logger.warning("%s is rebuilt as saved in the checkpoint%s: %s.", type(self).__name__, source, names)
         signature = inspect.signature(type(self).__init__).parameters
         fresh = type(self)(**{key: value for key, value in saved.items() if key in signature})
-        for name, module in fresh.named_children():
+        for name, module in fresh.named_children():  # type: ignore[attr-defined]
             if name not in _COMPONENTS:
                 setattr(self, name, module)
         for key in saved:

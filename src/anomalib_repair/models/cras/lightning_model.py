@@ -30,7 +30,6 @@ from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RESIZE_MODES, RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
 from anomalib_repair.models.cras.torch_model import SCORE_MODES, CrasModel
-from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,6 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if score_mode not in SCORE_MODES:
             msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
             raise BadInputError(msg)
-        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,

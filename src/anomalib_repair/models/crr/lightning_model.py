@@ -40,7 +40,6 @@ from anomalib_repair.models.base import (
 )
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
-from anomalib_repair.seeding import apply_cli_seed
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +215,6 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if foreground not in {"auto", "off"}:
             msg = f"foreground must be 'auto' or 'off', got '{foreground}'."
             raise BadInputError(msg)
-        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,

@@ -27,7 +27,6 @@ from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.mfrnet.loss import HybridLoss
 from anomalib_repair.models.mfrnet.torch_model import MfrnetModel
-from anomalib_repair.seeding import apply_cli_seed
 
 
 class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
@@ -113,7 +112,6 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if input_size < feature_stride:
             msg = f"crop_size/image_size ({input_size}) must be at least feature_stride ({feature_stride})."
             raise BadInputError(msg)
-        apply_cli_seed()  # anomalib's CLI parses --seed_everything but does not apply it
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
