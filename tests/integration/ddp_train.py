@@ -116,7 +116,7 @@ def main() -> None:
         default_root_dir=out / "run",
         accelerator="cpu",
         devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        strategy=("ddp_find_unused_parameters_true" if args.model == "CRR" else "ddp") if args.devices > 1 else "auto",
         logger=False,
         enable_progress_bar=False,
         callbacks=[probe]

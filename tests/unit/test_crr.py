@@ -245,15 +245,15 @@ def test_eval_forward_traces():
     torch.testing.assert_close(maps, expected.anomaly_map)
 
 
-def test_ddp_is_told_that_each_stage_leaves_parameters_unused():
-    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+def test_plain_ddp_is_refused_in_one_line_and_lightnings_unused_parameter_strategies_pass():
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
 
-    from anomalib_repair.models.crr.lightning_model import allow_unused_parameters_under_ddp
+    from anomalib_repair.models.crr.lightning_model import DDP_STRATEGY, check_ddp_strategy
 
-    plain = DDPStrategy()
-    allow_unused_parameters_under_ddp(plain)
-    assert plain._ddp_kwargs["find_unused_parameters"] is True
-    explicit = DDPStrategy(find_unused_parameters=True, static_graph=False)
-    allow_unused_parameters_under_ddp(explicit)
-    assert explicit._ddp_kwargs == {"find_unused_parameters": True, "static_graph": False}
-    allow_unused_parameters_under_ddp(SingleDeviceStrategy(device=torch.device("cpu")))  # nothing to change
+    with pytest.raises(BadInputError, match=DDP_STRATEGY) as error:
+        check_ddp_strategy(DDPStrategy())
+    assert "\n" not in str(error.value)
+    named = StrategyRegistry.get(DDP_STRATEGY)  # Lightning's registered name, as --trainer.strategy gives it
+    check_ddp_strategy(named)
+    check_ddp_strategy(DDPStrategy(find_unused_parameters=True, static_graph=False))
+    check_ddp_strategy(SingleDeviceStrategy(device=torch.device("cpu")))  # not DDP: nothing to check

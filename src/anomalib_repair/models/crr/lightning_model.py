@@ -79,26 +79,28 @@ class PlainStateWarmCosineScheduler(WarmCosineScheduler):
         super().load_state_dict(state)
 
 
-def allow_unused_parameters_under_ddp(strategy: Strategy) -> None:
-    """Make a DDP strategy tolerate parameters that get no gradient in a step.
+DDP_STRATEGY = "ddp_find_unused_parameters_true"
+"""Lightning's registered DDP strategy that tolerates parameters without gradient in a step (CRR needs it)."""
 
-    Stage I trains the reconstruction networks and stage II the segmentation network, so every step leaves one
-    of them without gradients; plain ``strategy="ddp"`` stops with "parameters that were not used in producing the
-    loss". Lightning wraps the model after the ``setup`` hook, so turning ``find_unused_parameters`` on here makes
-    ``--trainer.strategy ddp`` just work (same as ``ddp_find_unused_parameters_true``).
+
+def check_ddp_strategy(strategy: Strategy) -> None:
+    """Refuse, in one line, a DDP strategy that does not look for unused parameters.
+
+    Stage I trains the reconstruction networks and stage II the segmentation network, so every step leaves one of
+    them without gradients; plain ``strategy="ddp"`` would stop mid-run with "parameters that were not used in
+    producing the loss". Lightning's own strategy name ``ddp_find_unused_parameters_true`` (or
+    ``DDPStrategy(find_unused_parameters=True)``) is the fix; this check runs in ``setup``, before any training.
+    Lightning keeps the option only in the strategy's private ``_ddp_kwargs``, read here, never changed.
     """
     if not isinstance(strategy, DDPStrategy):
         return
     options = getattr(strategy, "_ddp_kwargs", None)
-    if not isinstance(options, dict):
+    if not (isinstance(options, dict) and options.get("find_unused_parameters")):
         msg = (
-            "CRR under DDP needs find_unused_parameters: pass --trainer.strategy ddp_find_unused_parameters_true "
-            "(Python: strategy='ddp_find_unused_parameters_true')."
+            f"CRR under DDP trains a different network in each stage: use --trainer.strategy {DDP_STRATEGY} "
+            f"(Python: strategy='{DDP_STRATEGY}' or DDPStrategy(find_unused_parameters=True)) instead of plain ddp."
         )
         raise BadInputError(msg)
-    if not options.get("find_unused_parameters"):
-        logger.info("CRR: DDP set to find unused parameters (stage I and II train different networks).")
-        options["find_unused_parameters"] = True
 
 
 class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
@@ -270,10 +272,10 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         return {"num_sanity_val_steps": 0}
 
     def setup(self, stage: str) -> None:
-        """Also lets DDP train the two stages' networks in turn (see :func:`allow_unused_parameters_under_ddp`)."""
+        """Also checks that a DDP strategy lets the two stages train different networks (:func:`check_ddp_strategy`)."""
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and stage == "fit":
-            allow_unused_parameters_under_ddp(trainer.strategy)
+            check_ddp_strategy(trainer.strategy)
         super().setup(stage)
 
     @property
