@@ -8,8 +8,8 @@ Also used for the real-kill test: ``--steps-every N`` writes step checkpoints to
 resumes from one.
 
 Writes ``OUT/rank<r>.json`` (per rank: the test image paths it scored, fingerprints of its random stream) and, on
-rank 0, ``OUT/result.json`` (metrics, the per-category evaluator's image counts) and ``OUT/state.pt`` (the
-model's state dict, e.g. CRAS's centers).
+rank 0, ``OUT/result.json`` (metrics, the per-category evaluator's image counts), ``OUT/state.pt`` (the
+model's state dict, e.g. CRAS's centers) and ``OUT/model.ckpt``. ``--test-ckpt CK`` only tests ``CK``.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--steps-every", type=int, default=0, help="StepCheckpoint interval into OUT/steps")
     parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint")
+    parser.add_argument("--test-ckpt", default=None, help="no training: test this checkpoint (on a default model)")
     parser.add_argument("--anomalib-datamodule", action="store_true", help="anomalib's MVTecAD, first category")
     args = parser.parse_args()
     out = Path(args.out)
@@ -122,8 +123,13 @@ def main() -> None:
         callbacks=[probe]
         + ([StepCheckpoint(every_n_train_steps=args.steps_every, dirpath=out / "steps")] if args.steps_every else []),
     )
-    engine.fit(model=model, datamodule=datamodule, ckpt_path=args.ckpt_path)
-    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)
+    if args.test_ckpt:
+        model = TINY_MODELS[args.model]()  # the checkpoint's arguments rebuild it
+        metrics = engine.test(model=model, datamodule=datamodule, ckpt_path=args.test_ckpt, verbose=False)
+    else:
+        engine.fit(model=model, datamodule=datamodule, ckpt_path=args.ckpt_path)
+        metrics = engine.test(model=model, datamodule=datamodule, verbose=False)
+        engine.trainer.save_checkpoint(out / "model.ckpt")  # every rank takes part; rank 0 writes
     if engine.trainer.global_rank == 0:
         evaluator = model.evaluator
         result = {

@@ -20,7 +20,9 @@ def _fit(model, demo_root, tmp_path, **trainer):
     return engine
 
 
-def test_mfrnet_config_with_fewer_epochs_than_its_validation_interval_still_validates(demo_root, tmp_path, caplog):
+def test_mfrnet_config_with_fewer_epochs_than_its_validation_interval_still_validates(
+    demo_root, tmp_path, caplog, capsys
+):
     # configs/mfrnet/cpu_reduced.yaml validates every 3 epochs; a user trains 1
     with caplog.at_level("INFO"):
         engine = _fit(tiny_mfrnet(), demo_root, tmp_path, max_epochs=1, check_val_every_n_epoch=3)
@@ -28,6 +30,9 @@ def test_mfrnet_config_with_fewer_epochs_than_its_validation_interval_still_vali
     assert not math.isnan(float(model.post_processor.image_threshold))
     assert engine.trainer.checkpoint_callback.best_model_path  # a checkpoint was written
     assert any("validating it anyway" in record.getMessage() for record in caplog.records)
+    saved = engine.trainer.checkpoint_callback.best_model_path
+    printed = capsys.readouterr().out
+    assert f"Checkpoint: {saved}" in printed and f"--ckpt_path {saved}" in printed  # fit says where it is
 
 
 @pytest.mark.parametrize("max_steps", [3])

@@ -82,3 +82,15 @@ def test_the_recorded_plan_names_only_known_methods_and_outputs_under_results():
         args = curve.parse_args(list(entry))
         assert args.method in (*curve.compare.OURS, *curve.PEERS)
         assert str(args.output).startswith(curve.RESULTS)
+
+
+def test_peers_are_drawn_at_their_best_setting_on_the_tune_half_not_the_report_half():
+    rows = [
+        {"method": "padim", "variant": "n_features=50", "image_size": 128, "half": "tune", "image_AUROC": 0.99},
+        {"method": "padim", "variant": "n_features=50", "image_size": 128, "half": "report", "image_AUROC": 0.90},
+        {"method": "padim", "variant": "n_features=100", "image_size": 128, "half": "tune", "image_AUROC": 0.95},
+        {"method": "padim", "variant": "n_features=100", "image_size": 128, "half": "report", "image_AUROC": 0.99},
+        {"method": "padim", "variant": "n_features=100", "image_size": 256, "half": "tune", "image_AUROC": 0.97},
+        {"method": "cras", "variant": "recipe", "image_size": 128, "half": "tune", "image_AUROC": 1.0},
+    ]
+    assert report.best_peer_settings(rows) == {("padim", "128"): "n_features=50", ("padim", "256"): "n_features=100"}

@@ -110,6 +110,11 @@ def batch_inputs(batch: Batch) -> tuple[torch.Tensor, list[str]]:
     return images, [paths] if isinstance(paths, str) else list(paths)
 
 
+def _cli_name(model: Any) -> str:
+    """The model's name for anomalib's CLI (``anomalib_repair.CRAS``)."""
+    return f"anomalib_repair.{type(model).__name__}"
+
+
 def _validate_this_epoch(trainer: Any) -> None:
     """Let the current epoch's validation run whatever ``check_val_every_n_epoch`` says (training ends in it).
 
@@ -253,10 +258,15 @@ class RepairModuleMixin:
         super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]
 
     def on_fit_end(self) -> None:
-        """Remember the checkpoint this fit resumed from (see :meth:`on_load_checkpoint`)."""
+        """Print where the checkpoint is; remember the checkpoint a resumed fit came from (see on_load_checkpoint)."""
         trainer = getattr(self, "_trainer", None)
         ckpt_path = getattr(trainer, "ckpt_path", None)
         self._resumed_fit_from = str(ckpt_path) if ckpt_path else None
+        callback = getattr(trainer, "checkpoint_callback", None)
+        saved = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+        if saved and trainer is not None and trainer.is_global_zero:
+            command = f"anomalib test --model {_cli_name(self)} --data ... --ckpt_path {saved}"
+            print(f"\nCheckpoint: {saved}\n  test it: {command}")  # noqa: T201
         super().on_fit_end()  # type: ignore[misc]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
