@@ -7,6 +7,8 @@ entry point), it
 - makes errors of this package (:class:`~anomalib_repair.errors.AnomalibRepairError`: a missing dataset, bad
   images, weights offline, …) print as one line instead of a traceback (``ANOMALIB_REPAIR_TRACEBACK=1`` shows the
   traceback again); any other error keeps its traceback;
+- refuses, in one line, ``predict`` on a folder without images, a missing ``--ckpt_path`` and ``export``
+  without one, before a model is built (:func:`check_cli_arguments`);
 - makes ``--seed_everything N`` seed the run, which anomalib's CLI parses but never applies
   (:mod:`anomalib_repair.seeding`), by wrapping the CLI's ``before_instantiate_classes`` hook.
 
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Any
 
-from anomalib_repair.errors import install_excepthook
+from anomalib_repair.data.synthesis.anomaly_synthesis import IMAGE_SUFFIXES
+from anomalib_repair.errors import BadInputError, install_excepthook
 from anomalib_repair.seeding import apply_cli_seed
 
 _PREPARED = False
@@ -31,6 +35,34 @@ def in_anomalib_cli() -> bool:
     cli_module = sys.modules.get("anomalib.cli.cli")
     entry = getattr(sys.modules.get("__main__"), "main", None)
     return cli_module is not None and entry is not None and entry is getattr(cli_module, "main", None)
+
+
+def check_cli_arguments(cli: Any) -> None:
+    """Refuse, before any model is built, what would fail later with a long traceback.
+
+    ``predict`` on a folder or file without images, a ``--ckpt_path`` that does not exist, ``export`` without one.
+    """
+    subcommand = str(cli.config.get("subcommand"))
+    section = cli.config.get(subcommand)
+    if section is None or not hasattr(section, "get"):
+        return
+    ckpt_path = section.get("ckpt_path")
+    if ckpt_path and not Path(str(ckpt_path)).is_file():
+        msg = f"Checkpoint not found: {ckpt_path} (training prints its checkpoint path at the end: pass that file)."
+        raise BadInputError(msg)
+    if subcommand == "export" and not ckpt_path:
+        msg = "export needs a trained model: pass --ckpt_path PATH_TO_CHECKPOINT (fit/train prints it)."
+        raise BadInputError(msg)
+    data = section.get("data")
+    if subcommand == "predict" and isinstance(data, str | Path):
+        target = Path(data)
+        images = [target] if target.is_file() else [p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not target.exists() or not images:
+            msg = (
+                f"No images to predict in {target} ({'not found' if not target.exists() else 'empty'}): pass an "
+                f"image file or a folder holding {', '.join(IMAGE_SUFFIXES)} files."
+            )
+            raise BadInputError(msg)
 
 
 def prepare_cli_process() -> bool:
@@ -46,6 +78,7 @@ def prepare_cli_process() -> bool:
     @functools.wraps(original)
     def before_instantiate_classes(self: Any) -> None:
         original(self)
+        check_cli_arguments(self)
         apply_cli_seed(self)
 
     cli_class.before_instantiate_classes = before_instantiate_classes

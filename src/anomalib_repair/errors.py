@@ -15,6 +15,14 @@ from types import TracebackType
 class AnomalibRepairError(Exception):
     """Base class of the errors raised for bad input or a missing resource."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        _RECENT.append(self)  # for the CLI hook: an argument parser may re-raise it as text only
+        del _RECENT[:-8]
+
+
+_RECENT: list[AnomalibRepairError] = []
+
 
 class DatasetNotFoundError(AnomalibRepairError, FileNotFoundError):
     """A dataset root, category folder or its images are missing."""
@@ -47,6 +55,8 @@ def _one_line_hook(previous: object) -> object:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, AnomalibRepairError):
             cause = cause.__cause__ or cause.__context__
+        if cause is None:  # jsonargparse folds an error raised while building a class into its own message
+            cause = next((recent for recent in reversed(_RECENT) if str(recent) and str(recent) in str(error)), None)
         if cause is not None and os.environ.get("ANOMALIB_REPAIR_TRACEBACK", "0") in {"0", ""}:
             sys.stderr.write(f"error: {one_line(cause)}\n")
             return

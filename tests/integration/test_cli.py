@@ -21,6 +21,7 @@ import anomalib_repair
 from tiny_models import TINY_CLI_ARGS
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
+ROOT = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parents[2] / "src"  # this checkout's package, before any installed copy
 TINY = [
     "--model.backbone", "tf_efficientnet_lite0.pypi",
@@ -94,6 +95,32 @@ def test_cli_offline_without_weights_is_one_line_naming_the_option(tmp_path, dem
     model = ["--model", "anomalib_repair.CRAS", "--model.image_size", "64", "--model.crop_size", "64"]
     result = _run(["train", *model, *data, "--trainer.max_epochs", "1"], tmp_path, env)
     _assert_one_error_line(result, "backbone_weights", "wide_resnet50_2")
+
+
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("layers", ["Unknown layer 'layer2'", "tf_efficientnet_lite0.pypi", "blocks.0, blocks.1", "--model.layers"]),
+        ("category", ["Unknown MVTec category nope", "bottle"]),
+        ("empty_predict", ["No images to predict", "empty"]),
+        ("missing_checkpoint", ["Checkpoint not found", "nowhere.ckpt"]),
+        ("export_without_checkpoint", ["export needs a trained model", "--ckpt_path"]),
+    ],
+)
+def test_cli_bad_arguments_are_one_line(case, needles, tmp_path, demo_root):
+    model = ["--model", "anomalib_repair.CRAS"]
+    data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.num_workers", "0"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {
+        "layers": ["fit", *model, "--model.backbone", "tf_efficientnet_lite0.pypi", *data],  # WRN taps on Lite0
+        "category": ["fit", *model, "--data", "MVTec", "--data.root", str(demo_root), "--data.categories", "[nope]"],
+        "empty_predict": ["predict", *model, "--data", str(empty), "--ckpt_path", str(ROOT / "pyproject.toml")],
+        "missing_checkpoint": ["test", *model, *data, "--ckpt_path", str(tmp_path / "nowhere.ckpt")],
+        "export_without_checkpoint": ["export", *model, "--export_type", "onnx"],
+    }[case]
+    _assert_one_error_line(_run(args, tmp_path), *needles)
 
 
 @pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")

@@ -29,7 +29,7 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
-from anomalib_repair.errors import AnomalibRepairError
+from anomalib_repair.errors import AnomalibRepairError, BadInputError
 from anomalib_repair.weights.packaged import PACKAGED_TAG, packaged_state_dict
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def is_token_backbone(backbone: str) -> bool:
     return module.rpartition(".")[2] in TOKEN_MODULES
 
 
-def _timm_layer_indices(names: Sequence[str], layers: Sequence[str | int]) -> list[int]:
+def _timm_layer_indices(names: Sequence[str], layers: Sequence[str | int], backbone: str = "") -> list[int]:
     indices = []
     for layer in layers:
         if isinstance(layer, int) or (isinstance(layer, str) and layer.isdigit()):
@@ -100,8 +100,11 @@ def _timm_layer_indices(names: Sequence[str], layers: Sequence[str | int]) -> li
         elif layer in names:
             indices.append(names.index(layer))
         else:
-            msg = f"Unknown layer '{layer}' for this backbone; its feature taps are: {', '.join(names)}."
-            raise ValueError(msg)
+            msg = (
+                f"Unknown layer '{layer}' for backbone {backbone or 'this backbone'}; its feature taps are: "
+                f"{', '.join(names)} (set --model.layers to some of them, finest first)."
+            )
+            raise BadInputError(msg)
     return indices
 
 
@@ -139,7 +142,7 @@ class FrozenBackbone(nn.Module):
             self.feature_extractor = self._create(pretrained=False)
             depth = len(cast(nn.Sequential, self.feature_extractor.blocks))
             module_names = [f"blocks.{index}" for index in range(depth)]
-            self.out_indices = _timm_layer_indices(module_names, layers)
+            self.out_indices = _timm_layer_indices(module_names, layers, backbone)
             self.num_prefix_tokens = int(cast(int, self.feature_extractor.num_prefix_tokens))
             patch_size = cast(tuple[int, int], cast(nn.Module, self.feature_extractor.patch_embed).patch_size)
             self.patch_size = int(patch_size[0])
@@ -149,7 +152,7 @@ class FrozenBackbone(nn.Module):
         else:
             probe = timm.create_model(self.timm_name, pretrained=False, features_only=True)
             module_names = list(_feature_info(probe).module_name())
-            self.out_indices = _timm_layer_indices(module_names, layers)
+            self.out_indices = _timm_layer_indices(module_names, layers, backbone)
             self.feature_extractor = self._create(pretrained=False)
             self.out_channels = list(_feature_info(self.feature_extractor).channels())
             self.strides = list(_feature_info(self.feature_extractor).reduction())
