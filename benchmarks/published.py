@@ -33,6 +33,7 @@ BLOCK = re.compile(r"(<!-- published: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- 
 MARKDOWN_GLOBS = ("README.md", "docs/**/*.md", "src/anomalib_repair/models/*/README.md", "benchmarks/README.md")
 LABELS = {
     "method": "method",
+    "image_size": "px",
     "category": "category",
     "image_AUROC": "I-AUROC",
     "image_AP": "I-AP",
@@ -95,7 +96,8 @@ def _cell(value: str, column: str) -> str:
         number = float(value)
     except ValueError:
         return value
-    if column.startswith(("image_", "pixel_", "seed_spread_", "ddp_diff_")) or column.endswith("ratio"):
+    metric = column.startswith(("image_", "pixel_", "seed_spread_", "ddp_diff_")) and column != "image_size"
+    if metric or column.endswith("ratio"):
         return f"{number:.3f}"
     if column.startswith("x_"):
         return f"{number:.2f}"
