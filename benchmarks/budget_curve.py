@@ -55,7 +55,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ),
     ("--method", "patchcore", "--seeds", "0", "--set", "coreset_sampling_ratio=0.01",
      "--output", f"{RESULTS}/patchcore_128.csv"),
-    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--output", f"{RESULTS}/mfrnet_128.csv"),
+    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/mfrnet_128.csv"),
     # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch)
     ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "1", "2",
      "--output", f"{RESULTS}/crr_128_seginit.csv"),
