@@ -18,6 +18,17 @@ import numpy as np
 TEST_HALVES = ("tune", "report")
 
 
+def strata(categories: Sequence[str], labels: Sequence[str]) -> dict[tuple[str, str], list[int]]:
+    """Positions of the test images of every (category, label folder) group, in order of appearance."""
+    if len(categories) != len(labels):
+        msg = f"{len(categories)} categories but {len(labels)} labels: one of each per test image."
+        raise ValueError(msg)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, key in enumerate(zip(categories, labels, strict=True)):
+        groups.setdefault(key, []).append(position)
+    return groups
+
+
 def half_indices(
     categories: Sequence[str],
     labels: Sequence[str],
@@ -45,12 +56,7 @@ def half_indices(
     if half not in TEST_HALVES:
         msg = f"The test half must be one of {', '.join(TEST_HALVES)}, got '{half}'."
         raise ValueError(msg)
-    if len(categories) != len(labels):
-        msg = f"{len(categories)} categories but {len(labels)} labels: one of each per test image."
-        raise ValueError(msg)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for position, key in enumerate(zip(categories, labels, strict=True)):
-        groups.setdefault(key, []).append(position)
+    groups = strata(categories, labels)
     generator = np.random.default_rng(seed)
     chosen: list[int] = []
     odd_turn: dict[str, int] = {}

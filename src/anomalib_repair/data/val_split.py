@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from anomalib_repair.data.eval_halves import strata
+
 
 def validation_indices(
     categories: Sequence[str],
@@ -39,12 +41,7 @@ def validation_indices(
     if not 0 < ratio < 1:
         msg = f"val_split_ratio must lie strictly between 0 and 1 for a split of the test images, got {ratio}."
         raise ValueError(msg)
-    if len(categories) != len(labels):
-        msg = f"{len(categories)} categories but {len(labels)} labels: one of each per test image."
-        raise ValueError(msg)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for position, key in enumerate(zip(categories, labels, strict=True)):
-        groups.setdefault(key, []).append(position)
+    groups = strata(categories, labels)
     generator = np.random.default_rng(seed)
     chosen: list[int] = []
     for key in sorted(groups):

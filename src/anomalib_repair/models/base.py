@@ -207,9 +207,6 @@ class RepairModuleMixin:
             value = getattr(fresh, key, None)
             if key in signature and hasattr(self, key) and not isinstance(value, torch.nn.Module):
                 setattr(self, key, value)
-        for name in ("normalization",):  # derived from the arguments, not named after one
-            if hasattr(fresh, name):
-                setattr(self, name, getattr(fresh, name))
         own, theirs = getattr(self, "pre_processor", None), getattr(fresh, "pre_processor", None)
         if isinstance(own, PreProcessor) and isinstance(theirs, PreProcessor) and current.get("pre_processor", True):
             own.transform, own.export_transform = theirs.transform, theirs.export_transform
