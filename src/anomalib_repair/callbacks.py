@@ -40,6 +40,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomalib_repair.errors import BadInputError
+from anomalib_repair.interruptions import InterruptionCheckpoint
+from anomalib_repair.predictions import PredictionTable
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +247,6 @@ def _check_finite_images(batch: Any) -> None:
 
 
 def model_callbacks(existing: Sequence[Callback] | Callback) -> list[Callback]:
-    """``existing`` (a model's callbacks) plus :class:`TrainingState`."""
+    """``existing`` (a model's callbacks) plus training state, interruption checkpoint and prediction table."""
     callbacks = [existing] if isinstance(existing, Callback) else list(existing)
-    return [*callbacks, TrainingState()]
+    return [*callbacks, TrainingState(), InterruptionCheckpoint(), PredictionTable()]

@@ -8,7 +8,8 @@ entry point), it
   images, weights offline, …) print as one line instead of a traceback (``ANOMALIB_REPAIR_TRACEBACK=1`` shows the
   traceback again); any other error keeps its traceback;
 - refuses, in one line, ``predict`` on a folder without images, a missing ``--ckpt_path`` and ``export``
-  without one, before a model is built (:func:`check_cli_arguments`);
+  without one, before a model is built (:func:`check_cli_arguments`), and sends ``export`` without
+  ``--export_root`` to the checkpoint's own run folder (:func:`export_root_for`);
 - makes ``--seed_everything N`` seed the run, which anomalib's CLI parses but never applies
   (:mod:`anomalib_repair.seeding`), by wrapping the CLI's ``before_instantiate_classes`` hook.
 
@@ -37,6 +38,18 @@ def in_anomalib_cli() -> bool:
     return cli_module is not None and entry is not None and entry is getattr(cli_module, "main", None)
 
 
+def export_root_for(checkpoint: Path) -> Path:
+    """Default folder of ``anomalib export`` in this package: the run the checkpoint belongs to, not ``results/``.
+
+    ``<run>/weights/lightning/model.ckpt`` (or ``<run>/weights/steps/last.ckpt``) exports to ``<run>`` (so the
+    exported file lands in ``<run>/weights/<type>/``); a checkpoint anywhere else to ``<its folder>/<its
+    name>_export``. Exports of different models and runs never overwrite each other.
+    """
+    if checkpoint.parent.parent.name == "weights" and checkpoint.parent.name in {"lightning", "steps"}:
+        return checkpoint.parents[2]
+    return checkpoint.parent / f"{checkpoint.stem}_export"
+
+
 def check_cli_arguments(cli: Any) -> None:
     """Refuse, before any model is built, what would fail later with a long traceback.
 
@@ -53,6 +66,8 @@ def check_cli_arguments(cli: Any) -> None:
     if subcommand == "export" and not ckpt_path:
         msg = "export needs a trained model: pass --ckpt_path PATH_TO_CHECKPOINT (fit/train prints it)."
         raise BadInputError(msg)
+    if subcommand == "export" and not section.get("export_root"):
+        section["export_root"] = str(export_root_for(Path(str(ckpt_path))))
     data = section.get("data")
     if subcommand == "predict" and isinstance(data, str | Path):
         target = Path(data)

@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -220,15 +221,32 @@ def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     pictures = list(predict_root.rglob("*.png"))
     assert len(pictures) >= len(list(images.glob("*.png"))), "one overlay picture per predicted image"
+    table = next(predict_root.rglob("predictions.csv"))
+    with table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(Path(row["image_path"]).name for row in rows) == sorted(p.name for p in images.glob("*.png"))
+    assert all(0.0 <= float(row["pred_score"]) <= 1.0 and row["pred_label"] in {"0", "1"} for row in rows)
+    said = {
+        line.split(" in ", 1)[0].split(":")[-1].strip(): line.rsplit(" in ", 1)[1].strip()
+        for line in predicted.stdout.splitlines()
+        if " in " in line and ("scores" in line or "pictures" in line)
+    }
+    assert Path(said["scores"]).resolve() == table.resolve(), predicted.stdout[-2000:]
+    assert list(Path(said["pictures"]).rglob("*.png")), "the printed pictures folder holds the pictures"
+    assert "Unexpected keys" not in predicted.stdout + predicted.stderr, "timm's headless-backbone warning"
 
     for export_type, suffix in (("torch", ".pt"), ("onnx", ".onnx"), ("openvino", ".xml")):
-        exported = _run(
-            ["export", *model, "--export_type", export_type, "--ckpt_path", str(checkpoint),
-             "--export_root", str(root / "exported")],
-            root,
-        )  # fmt: skip
+        # openvino without --export_root: it goes to the checkpoint's own run folder, not a shared results/weights
+        where = [] if export_type == "openvino" else ["--export_root", str(root / "exported")]
+        exported = _run(["export", *model, "--export_type", export_type, "--ckpt_path", str(checkpoint), *where], root)
         assert exported.returncode == 0, exported.stderr[-3000:]
-        assert list((root / "exported" / "weights" / export_type).glob(f"*{suffix}")), export_type
+        folder = (root / "exported" if where else run_dir) / "weights" / export_type
+        files = list(folder.glob(f"*{suffix}"))
+        assert files, export_type
+        assert f"Exported model: {files[0]}" in exported.stdout, exported.stdout[-2000:]
+        output = exported.stdout + exported.stderr
+        assert output.count("\n") < 150, f"{export_type} export printed {output.count(chr(10))} lines"
+    assert not (root / "results" / "weights").exists(), "no export into the shared results/weights folder"
 
 
 @pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
@@ -300,3 +318,51 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, demo_root
     for key, value in reference.items():
         if not math.isnan(value):
             assert abs(final[key] - value) <= KILL_TOLERANCE, (key, final[key], value)
+
+
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+@pytest.mark.parametrize(
+    ("stop", "exit_code"),
+    [
+        pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+        pytest.param(signal.SIGINT, 1, id="Ctrl-C", marks=pytest.mark.slow),
+    ],
+)
+def test_cli_training_stopped_by_a_signal_saves_its_state_and_prints_the_resume_command(
+    tmp_path, demo_root, stop, exit_code
+):
+    """A real signal to `anomalib train` mid-fit: non-zero exit, interrupted.ckpt, a resume command that works."""
+    mvtec_root = _mvtec_named_copy(demo_root, tmp_path / "mvtec")
+    args = ["train", "--model", "anomalib_repair.CRAS", "--data", "MVTec", "--data.root", str(mvtec_root)]
+    args += ["--data.categories", "[bottle, carpet]", "--data.num_workers", "0", "--data.train_batch_size", "8"]
+    args += [*TINY_CLI_ARGS["CRAS"], "--trainer.max_epochs", "40"]
+    args += ["--trainer.callbacks+=anomalib_repair.callbacks.StepCheckpoint"]
+    args += ["--trainer.callbacks.every_n_train_steps=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+    process = subprocess.Popen(
+        [str(ANOMALIB), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    run_dir = tmp_path / "results" / "CRAS" / "MVTec" / "bottle+carpet" / "v0"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / "weights" / "steps" / "last.ckpt").exists():
+            process.send_signal(stop)
+            break
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == exit_code, stderr[-3000:]
+
+    saved = run_dir / "weights" / "lightning" / "interrupted.ckpt"
+    state = torch.load(saved, map_location="cpu", weights_only=False)
+    assert state["global_step"] >= 2 and state["epoch"] < 40
+    assert f"its state is saved in {saved}" in stderr
+    resume = next(line for line in stderr.splitlines() if line.strip().startswith("resume: "))
+    command = shlex.split(resume.split("resume: ", 1)[1])
+    assert command[0] == "anomalib" and command[-2:] == ["--ckpt_path", str(saved)]
+    assert command[1:-2] == args, "the same command line, continued from the saved state"
+
+    shorter = ["--trainer.max_epochs", str(state["epoch"] + 2)]  # the same run, ended sooner to keep the test short
+    resumed = _run([*command[1:-2], *shorter, "--ckpt_path", str(saved)], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert any((tmp_path / "results").rglob("per_category_metrics.csv")), "the resumed run goes on to its test"

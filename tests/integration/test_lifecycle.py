@@ -10,6 +10,7 @@ Tolerance of the exported models against the Lightning model: 1e-4 absolute on i
 
 from __future__ import annotations
 
+import csv
 import math
 import socket
 from collections.abc import Iterator
@@ -136,6 +137,15 @@ def test_predict_gives_a_map_per_image_and_writes_pictures(trained: Trained, tmp
     pictures = [path for path in (tmp_path / "predict").rglob("*.png") if "images" in path.parts]
     assert len(pictures) == len(test_images), "one picture per predicted image"
     assert {category for category in CATEGORIES if any(category in path.parts for path in pictures)} == set(CATEGORIES)
+    scores = {
+        str(path): float(score)
+        for batch in batches
+        for path, score in zip(batch.image_path, batch.pred_score, strict=True)
+    }
+    with next((tmp_path / "predict").rglob("predictions.csv")).open() as handle:
+        table = {row["image_path"]: float(row["pred_score"]) for row in csv.DictReader(handle)}
+    assert table.keys() == scores.keys(), "one row per predicted image"
+    assert all(table[path] == pytest.approx(scores[path], abs=1e-6) for path in scores)
 
 
 @pytest.mark.parametrize("export_type", ["torch", "onnx", "openvino"])

@@ -30,6 +30,7 @@ from timm.models import FeatureInfo
 from torch import nn
 
 from anomalib_repair.errors import AnomalibRepairError, BadInputError
+from anomalib_repair.quiet_logs import TIMM_BUILDER, quieter
 from anomalib_repair.weights.packaged import PACKAGED_TAG, packaged_state_dict
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,10 @@ class FrozenBackbone(nn.Module):
     def _create(self, pretrained: bool, overlay: dict | None = None) -> nn.Module:
         """Build the timm network (random weights unless ``pretrained``; ``overlay`` names where weights are)."""
         kwargs: dict = {"pretrained_cfg_overlay": overlay} if overlay else {}
+        with quieter(TIMM_BUILDER, logging.ERROR):  # the classifier keys a headless network leaves unused
+            return self._create_quietly(pretrained, kwargs)
+
+    def _create_quietly(self, pretrained: bool, kwargs: dict) -> nn.Module:
         if self.tokens:
             # No classifier head; position embeddings interpolated to any input size (weights stay size-free).
             return timm.create_model(

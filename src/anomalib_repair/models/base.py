@@ -16,6 +16,7 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from anomalib_repair.data.category import CategoryIndex, category_index_for
 from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.evaluation import PerCategoryEvaluator
+from anomalib_repair.quiet_logs import EXPORT_LOGGERS, quieter
 from anomalib_repair.visualization import CategoryImageVisualizer
 
 _COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
@@ -222,7 +224,36 @@ class RepairModuleMixin:
     ) -> Path:
         """Export to ONNX at opset :data:`ONNX_OPSET` unless ``opset_version`` is given (OpenVINO export too)."""
         kwargs.setdefault("opset_version", ONNX_OPSET)
-        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)  # type: ignore[misc]
+        with self._exporting():
+            path = super().to_onnx(export_root, model_file_name, input_size, **kwargs)  # type: ignore[misc]
+        return self._say_exported(path)
+
+    def to_openvino(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
+        """Export to OpenVINO (anomalib's, through :meth:`to_onnx`) quietly, printing where the model went."""
+        with self._exporting():
+            path = super().to_openvino(export_root, *args, **kwargs)  # type: ignore[misc]
+        return self._say_exported(path)
+
+    def to_torch(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
+        """Export to torch (anomalib's), printing where the model went and how to load it."""
+        with self._exporting():
+            path = super().to_torch(export_root, *args, **kwargs)  # type: ignore[misc]
+        return self._say_exported(path, " (load it with TorchInferencer after setting TRUST_REMOTE_CODE=1)")
+
+    @contextlib.contextmanager
+    def _exporting(self) -> Iterator[None]:
+        """Silence onnxscript's per-pass INFO lines; count nested exports (OpenVINO goes through ONNX)."""
+        self._export_depth = getattr(self, "_export_depth", 0) + 1
+        try:
+            with quieter(EXPORT_LOGGERS):
+                yield
+        finally:
+            self._export_depth -= 1
+
+    def _say_exported(self, path: Any, hint: str = "") -> Any:
+        if path is not None and getattr(self, "_export_depth", 0) == 0:
+            print(f"\nExported model: {path}{hint}")  # noqa: T201
+        return path
 
     def on_train_epoch_start(self) -> None:
         """Make the last epoch (by ``max_epochs``) validate even when ``check_val_every_n_epoch`` would skip it.
@@ -281,7 +312,11 @@ class RepairModuleMixin:
             and trainer.state.fn == TrainerFn.TESTING
             and str(trainer.ckpt_path) == resumed
         ):
-            logger.info("Testing the model just trained, not the checkpoint %s its training resumed from.", resumed)
+            logger.info(
+                "anomalib's train tests with the checkpoint its fit resumed from (%s); Lightning reads that file next, "
+                "but the weights tested are those just trained, not the checkpoint's.",
+                resumed,
+            )
             checkpoint["state_dict"] = dict(self.state_dict())  # type: ignore[attr-defined]
             checkpoint.pop("callbacks", None)  # the post-processor's stale normalisation statistics too
             self._resumed_fit_from = None
