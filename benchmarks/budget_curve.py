@@ -72,6 +72,13 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "cras", "--budgets", "1", "3", "10", "30", "--seeds", "0", "--image-size", "256",
      "--output", f"{RESULTS}/cras_256.csv"),
     ("--method", "padim", "--set", "n_features=100", "--image-size", "256", "--output", f"{RESULTS}/padim_256.csv"),
+    # longer budgets: MFRNet to 30 epochs (one training per seed, evaluated at 10, 20, 30), CRR stage I 2,000 steps
+    *(
+        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed,
+         "--output", f"{RESULTS}/mfrnet_128_long.csv")
+        for seed in ("0", "1", "2")
+    ),
+    ("--method", "crr", "--budgets", "2800", "--seeds", "0", "--output", f"{RESULTS}/crr_128_long.csv"),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
