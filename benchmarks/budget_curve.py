@@ -74,7 +74,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "padim", "--set", "n_features=100", "--image-size", "256", "--output", f"{RESULTS}/padim_256.csv"),
     # longer budgets: MFRNet to 30 epochs (one training per seed, evaluated at 10, 20, 30), CRR stage I 2,000 steps
     *(
-        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed,
+        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--variant", "recipe_to_30_epochs",
          "--output", f"{RESULTS}/mfrnet_128_long.csv")
         for seed in ("0", "1", "2")
     ),
