@@ -54,6 +54,7 @@ def check_cli_arguments(cli: Any) -> None:
     """Refuse, before any model is built, what would fail later with a long traceback.
 
     ``predict`` on a folder or file without images, a ``--ckpt_path`` that does not exist, ``export`` without one.
+    Also fills in ``export``'s ``--export_root`` when it is not given (:func:`export_root_for`).
     """
     subcommand = str(cli.config.get("subcommand"))
     section = cli.config.get(subcommand)

@@ -15,7 +15,6 @@ Lightning's ``on_exception`` for those two and
 
 from __future__ import annotations
 
-import logging
 import shlex
 import signal
 import sys
@@ -24,8 +23,6 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-logger = logging.getLogger(__name__)
 
 SIGTERM_EXIT_CODE = 128 + int(signal.SIGTERM)
 FILENAME = "interrupted.ckpt"

@@ -172,22 +172,13 @@ class FrozenBackbone(nn.Module):
     def _create(self, pretrained: bool, overlay: dict | None = None) -> nn.Module:
         """Build the timm network (random weights unless ``pretrained``; ``overlay`` names where weights are)."""
         kwargs: dict = {"pretrained_cfg_overlay": overlay} if overlay else {}
-        with quieter(TIMM_BUILDER, logging.ERROR):  # the classifier keys a headless network leaves unused
-            return self._create_quietly(pretrained, kwargs)
-
-    def _create_quietly(self, pretrained: bool, kwargs: dict) -> nn.Module:
         if self.tokens:
             # No classifier head; position embeddings interpolated to any input size (weights stay size-free).
-            return timm.create_model(
-                self.timm_name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **kwargs
-            )
-        return timm.create_model(
-            self.timm_name,
-            pretrained=pretrained,
-            features_only=True,
-            out_indices=getattr(self, "out_indices", None),
-            **kwargs,
-        )
+            kwargs.update(num_classes=0, dynamic_img_size=True)
+        else:
+            kwargs.update(features_only=True, out_indices=getattr(self, "out_indices", None))
+        with quieter(TIMM_BUILDER, logging.ERROR):  # the classifier keys a headless network leaves unused
+            return timm.create_model(self.timm_name, pretrained=pretrained, **kwargs)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
