@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -97,6 +98,7 @@ COLUMNS = (
     "degenerate",
     "score_mode",
     "image_cache",
+    "image_score",
 )
 
 
@@ -115,6 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", default=None, help="label of this configuration (default: the --set values)")
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--both-score-modes", action="store_true", help="CRAS: also score with probabilities")
+    parser.add_argument(
+        "--image-scores",
+        nargs="+",
+        default=None,
+        help="CRAS: evaluate each of these image_score settings from the same training (default: the model's own)",
+    )
     parser.add_argument(
         "--no-image-cache",
         action="store_true",
@@ -283,22 +291,30 @@ def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate(model: Any, test_set: TestSet, both_modes: bool) -> list[dict[str, Any]]:
-    """Rows of one evaluation; CRAS with ``both_modes`` also with the paper's probability scores."""
+def evaluate(
+    model: Any, test_set: TestSet, both_modes: bool, image_scores: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of one evaluation; CRAS with ``both_modes`` also with the paper's probability scores, and with
+    ``image_scores`` once per image-score setting (all from the same trained weights)."""
     network = model.model
     original = getattr(network, "score_mode", "")
+    original_image_score = getattr(network, "image_score", "")
     modes = ["logit", "probability"] if both_modes and original else [original]
+    readings = image_scores if image_scores and original_image_score else [original_image_score]
     rows = []
-    for mode in modes:
+    for mode, reading in itertools.product(modes, readings):
         if mode:
             network.score_mode = mode
-        rows += [{**row, "score_mode": mode} for row in metrics_by_half(network, test_set)]
+        if reading:
+            network.image_score = reading
+        rows += [{**row, "score_mode": mode, "image_score": reading} for row in metrics_by_half(network, test_set)]
     if original:
         network.score_mode = original
+    if original_image_score:
+        network.image_score = original_image_score
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------- training
 def budget_recorder(budgets: list[int], on_budget: Callable[[int, float], None]) -> Any:
     """A callback that calls ``on_budget(epoch, train_minutes)`` after each budget epoch; evaluation is untimed."""
     from lightning.pytorch import Callback
@@ -376,7 +392,7 @@ def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestS
     held = test_set
 
     def record(budget_value: int, minutes: float, unit: str) -> None:
-        rows = evaluate(model, held, args.both_score_modes)
+        rows = evaluate(model, held, args.both_score_modes, args.image_scores)
         extra = {"budget": budget_value, "budget_unit": unit, "train_min": minutes}
         append_rows(args.output, [{**base, **extra, **row} for row in rows])
 

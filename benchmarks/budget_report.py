@@ -28,7 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "benchmarks" / "results" / "budget_curves"
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
-KEY = ("method", "variant", "image_size", "score_mode", "image_cache", "budget", "budget_unit", "half")
+KEY = ("method", "variant", "image_size", "score_mode", "image_score", "image_cache", "budget", "budget_unit", "half")
+DEFAULT_IMAGE_SCORE = {"cras": "patch_max"}  # what rows recorded before the column was added used
 PEERS = ("padim", "patchcore")
 OUTPUTS = ("summary.csv",)
 
@@ -40,6 +41,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
         for row in csv.DictReader(handle):
             if row["category"] == "mean":
                 row["image_cache"] = row.get("image_cache") or "no"  # runs recorded before the option decoded
+                row["image_score"] = row.get("image_score") or DEFAULT_IMAGE_SCORE.get(row["method"], "")
                 rows.append(row)
     return rows
 
@@ -66,7 +68,15 @@ def summarise(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
         entry["degenerate"] = any(row["degenerate"] == "True" for row in members)
         table.append(entry)
     table.sort(
-        key=lambda e: (e["half"], e["method"], e["variant"], int(e["image_size"]), e["score_mode"], int(e["budget"]))
+        key=lambda e: (
+            e["half"],
+            e["method"],
+            e["variant"],
+            int(e["image_size"]),
+            e["score_mode"],
+            e["image_score"],
+            int(e["budget"]),
+        )
     )
     return table
 
@@ -95,7 +105,12 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
         if row["method"] in PEERS:
             if tuned.get((row["method"], row["image_size"])) != row["variant"]:
                 continue  # a peer is drawn at its best setting on the tune half
-        elif row["variant"] != "recipe" or row["score_mode"] == "probability" or row["image_cache"] == "no":
+        elif (
+            row["variant"] != "recipe"
+            or row["score_mode"] == "probability"
+            or row["image_cache"] == "no"
+            or row["image_score"] != DEFAULT_IMAGE_SCORE.get(row["method"], "")
+        ):
             continue  # option sweeps and the paper's score mode are in the tables, not the chart
         key = (row["method"], row["variant"], row["image_size"], row["score_mode"], row["image_cache"])
         lines.setdefault(key, []).append(row)
@@ -183,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             flag = "  DEGENERATE" if row["degenerate"] else ""
             print(
                 f"{row['method']:10s} {row['variant'][:40]:40s} {row['image_size']:>4s} {row['score_mode']:12s} "
+                f"{row['image_score']:12s} "
                 f"{row['budget']:>5s} {row['train_min']:7.2f} min  I {row['image_AUROC']:.3f}±{sd:.3f}  "
                 f"P {row['pixel_AUROC']:.3f}  PRO {row['pixel_AUPRO']:.3f}{flag}"
             )

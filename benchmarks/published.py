@@ -64,6 +64,7 @@ LABELS = {
     "pixel_AUPRO_sd": "AUPRO s.d.",
     "train_min": "train min",
     "score_mode": "score",
+    "image_score": "image score",
     "image_cache": "decoded images kept",
 }
 

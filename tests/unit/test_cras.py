@@ -89,6 +89,26 @@ def test_forward_gives_anomalib_inference_batch_with_full_size_maps():
     assert torch.isfinite(out.pred_score).all()
 
 
+def test_image_score_readings_of_one_forward():
+    model = _small_model()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        model.image_score = "patch_max"
+        features, _grid = model.embed(images)
+        adapted = model.adaptor(features)
+        centers = model.match_centers(adapted, model.infer_classes(adapted))
+        patch = model.score(adapted.flatten(0, 1), centers.flatten(0, 1)).reshape(3, -1)
+        torch.testing.assert_close(model(images).pred_score, patch.amax(dim=1))
+        model.image_score = "map_max"
+        output = model(images)
+        torch.testing.assert_close(output.pred_score, output.anomaly_map.flatten(1).amax(dim=1))
+        model.image_score, model.top_ratio = "map_top_mean", 0.25
+        output = model(images)
+        expected = output.anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, : 64 * 64 // 4].mean(dim=1)
+        torch.testing.assert_close(output.pred_score, expected)
+    assert CRAS(**LITE, pre_trained=False, image_score="map_max").model.image_score == "map_max"
+
+
 def _saturating_pair() -> tuple[CrasModel, CrasModel, torch.Tensor]:
     """Two copies of one model (logit / probability scores) whose logits are scaled far past sigmoid saturation."""
     torch.manual_seed(0)
@@ -241,5 +261,9 @@ def test_bad_options_fail_with_one_line():
         CRAS(**LITE, feature_cache="memory", feature_cache_dtype="bfloat16")
     with pytest.raises(ValueError, match="resize_mode"):
         CRAS(**LITE, resize_mode="letterbox")
+    with pytest.raises(ValueError, match="image_score"):
+        CRAS(**LITE, image_score="mean")
+    with pytest.raises(ValueError, match="top_ratio"):
+        CRAS(**LITE, image_score="map_top_mean", top_ratio=0.0)
     with pytest.raises(ValueError, match="needs a crop_size"):
         build_pre_processor("tf_efficientnet_lite0.pypi", 128, None, "shorter_side")

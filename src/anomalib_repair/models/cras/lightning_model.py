@@ -29,7 +29,7 @@ from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RESIZE_MODES, RepairModuleMixin, batch_inputs, build_pre_processor
 from anomalib_repair.models.cras.loss import CrasLoss
-from anomalib_repair.models.cras.torch_model import SCORE_MODES, CrasModel
+from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, SCORE_MODES, CrasModel
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         match_chunk: Images matched against their centers at once (memory bound of the matching).
         score_mode: ``"logit"`` (default): patch scores, map and image score are the discriminator's logits;
             ``"probability"`` (paper): its sigmoid, which saturates at 1.0 and can tie every image's score.
+        image_score: ``"patch_max"`` (paper; default): an image scores its highest patch score; ``"map_max"``: the
+            highest value of its smoothed anomaly map (as anomalib's PaDiM); ``"map_top_mean"``: the mean of the
+            map's highest ``top_ratio`` share.
+        top_ratio: Share of the map averaged by ``image_score="map_top_mean"`` (0.01).
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
             backbone's patch features once and reuse them every epoch (needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
@@ -100,6 +104,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         center_dtype: str = "float32",
         match_chunk: int = 8,
         score_mode: str = "logit",
+        image_score: str = "patch_max",
+        top_ratio: float = 0.01,
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
         feature_cache_dtype: str = "float32",
@@ -123,6 +129,12 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if score_mode not in SCORE_MODES:
             msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
             raise BadInputError(msg)
+        if image_score not in IMAGE_SCORES:
+            msg = f"image_score must be one of {', '.join(IMAGE_SCORES)}, got '{image_score}'."
+            raise BadInputError(msg)
+        if not 0.0 < top_ratio <= 1.0:
+            msg = f"top_ratio must be in (0, 1], got {top_ratio}."
+            raise BadInputError(msg)
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
@@ -143,6 +155,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             center_dtype=center_dtype,
             match_chunk=match_chunk,
             score_mode=score_mode,
+            image_score=image_score,
+            top_ratio=top_ratio,
         )
         self.loss = CrasLoss()
         self.noise_std = noise_std

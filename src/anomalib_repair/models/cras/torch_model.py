@@ -10,7 +10,7 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from anomalib_repair.components.anomaly_map import AnomalyMapGenerator
+from anomalib_repair.components.anomaly_map import AnomalyMapGenerator, top_mean_score
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.components.patch_features import PatchAggregator
 from anomalib_repair.components.tracing import is_exporting
@@ -22,6 +22,7 @@ def _xavier_linear(layer: nn.Module) -> None:
 
 
 SCORE_MODES = ("logit", "probability")
+IMAGE_SCORES = ("patch_max", "map_max", "map_top_mean")
 
 
 class ResidualDiscriminator(nn.Sequential):
@@ -66,6 +67,10 @@ class CrasModel(nn.Module):
             discriminator's pre-sigmoid output; default) or ``"probability"`` (its sigmoid, the paper's). Both rank
             patches the same until the sigmoid saturates: in float32 ``sigmoid(x) == 1.0`` for every ``x > 16.6``,
             and once a patch of every test image is there, all images tie at 1.0 (image AUROC 0.5).
+        image_score: How an image's score is read from its patch scores: ``"patch_max"`` (the highest patch
+            score, the paper's; default), ``"map_max"`` (the highest value of the smoothed, upsampled anomaly map,
+            as anomalib's PaDiM does) or ``"map_top_mean"`` (the mean of the map's highest ``top_ratio`` share).
+        top_ratio: Share of the map's pixels averaged by ``image_score="map_top_mean"`` (0.01).
     """
 
     def __init__(
@@ -80,12 +85,19 @@ class CrasModel(nn.Module):
         center_dtype: str = "float32",
         match_chunk: int = 8,
         score_mode: str = "logit",
+        image_score: str = "patch_max",
+        top_ratio: float = 0.01,
     ) -> None:
         super().__init__()
         if score_mode not in SCORE_MODES:
             msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
             raise ValueError(msg)
+        if image_score not in IMAGE_SCORES:
+            msg = f"image_score must be one of {', '.join(IMAGE_SCORES)}, got '{image_score}'."
+            raise ValueError(msg)
         self.score_mode = score_mode
+        self.image_score = image_score
+        self.top_ratio = top_ratio
         self.backbone = build_backbone(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
         self.aggregator = PatchAggregator(pool_dim=embed_dim, patch_size=patch_size)
         self.adaptor = nn.Linear(embed_dim, embed_dim)
@@ -152,15 +164,20 @@ class CrasModel(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Score images: max patch score per image and a smoothed anomaly map (no category label needed)."""
+        """Score images: an image score (``image_score``) and a smoothed anomaly map (no category label needed)."""
         features, (height, width) = self.embed(images)
         adapted = self.adaptor(features)
         classes = self.infer_classes(adapted)
         centers = self.match_centers(adapted, classes)
         scores = self.score(adapted.flatten(0, 1), centers.flatten(0, 1)).reshape(images.shape[0], 1, height, width)
         anomaly_map = self.anomaly_map_generator(scores, image_size=tuple(images.shape[-2:]))
-        pred_score = scores.flatten(1).amax(dim=1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=self.image_scores(scores, anomaly_map), anomaly_map=anomaly_map)
+
+    def image_scores(self, patch_scores: torch.Tensor, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """One score per image from its ``(B, 1, h, w)`` patch scores and ``(B, 1, H, W)`` map (``image_score``)."""
+        if self.image_score == "patch_max":
+            return patch_scores.flatten(1).amax(dim=1)
+        return top_mean_score(anomaly_map, self.top_ratio if self.image_score == "map_top_mean" else 0.0)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         key = prefix + "centers"
