@@ -294,8 +294,10 @@ def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:
 def evaluate(
     model: Any, test_set: TestSet, both_modes: bool, image_scores: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Rows of one evaluation; CRAS with ``both_modes`` also with the paper's probability scores, and with
-    ``image_scores`` once per image-score setting (all from the same trained weights)."""
+    """Rows of one evaluation (CRAS: per score mode and image-score setting, all from the same weights).
+
+    ``both_modes`` adds the paper's probability scores; ``image_scores`` evaluates once per ``image_score``.
+    """
     network = model.model
     original = getattr(network, "score_mode", "")
     original_image_score = getattr(network, "image_score", "")

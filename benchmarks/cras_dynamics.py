@@ -141,7 +141,7 @@ def snapshot(model: Any, test_set: budget_curve.TestSet, train_images: Any, init
         "saturated_image_share": saturated / len(scores_t),
         "train_center_distance": float(train_distance.mean()),
         "normal_center_distance": float(torch.cat(normal_distance).mean()),
-        "noise_norm": model.noise_std * math.sqrt(dim),
+        "noise_norm": model.model.noise_std * math.sqrt(dim),
         "adaptor_drift": float((adaptor - initial).norm() / initial.norm()),
         "tune_I_AUROC_logit": mean_auroc(scores_t, labels_t, names),
         "tune_I_AUROC_probability": mean_auroc(torch.sigmoid(scores_t), labels_t, names),

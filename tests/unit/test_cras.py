@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from anomalib_repair import CRAS
-from anomalib_repair.components.feature_cache import FeatureCache
+from anomalib_repair.components.feature_cache import FeatureCache, MemoisedEmbedding
 from anomalib_repair.components.patch_features import PatchAggregator
 from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.models.base import build_pre_processor
@@ -236,6 +236,40 @@ def test_feature_cache_round_trip(tmp_path, location):
     cache.put(["c.png", "d.png"], values)  # d exceeds the capacity and is skipped
     assert "c.png" in cache and "d.png" not in cache
     assert cache.nbytes == 3 * 4 * 5 * 2
+
+
+def test_memoised_embedding_embeds_each_training_image_once():
+    calls = []
+
+    def reference(images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(2).transpose(1, 2) * 2  # (B, P, C)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return reference(images)
+
+    memo = MemoisedEmbedding(embed, capacity=3)
+    first, second = torch.rand(2, 3, 2, 2), torch.rand(1, 3, 2, 2)
+    assert torch.equal(memo(first, ["a", "b"]), reference(first))
+    assert torch.equal(memo(first, ["b", "a"]), reference(first[[1, 0]]))  # from the cache, in the batch's order
+    assert torch.equal(memo(second, ["c"]), reference(second))
+    assert torch.equal(memo(torch.zeros(1, 3, 2, 2), ["c"]), reference(second))  # the cache answers
+    assert calls == [2, 1]
+    memo(torch.rand(2, 3, 2, 2), ["c", "d"])  # "d" does not fit: the batch is embedded every time
+    memo(torch.rand(2, 3, 2, 2), ["c", "d"])
+    assert calls == [2, 1, 2, 2]
+
+
+def test_training_loss_of_the_torch_model_trains_adaptor_and_discriminator_only():
+    model = _small_model().train()
+    loss = model.training_loss(torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]), ["a", "b", "c", "d"])
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert all(p.grad is not None for p in [*model.adaptor.parameters(), *model.discriminator.parameters()])
+    assert all(p.grad is None for p in model.backbone.parameters())
+    model.noise_std = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        model.training_loss(torch.rand(2, 3, 64, 64), torch.tensor([0, 1]), ["a", "b"])
 
 
 def test_float32_feature_cache_returns_the_features_exactly(tmp_path):

@@ -106,6 +106,23 @@ def test_cnn_crr_trains_only_bottleneck_decoder_and_segmentation():
     assert model.model.groups == [[0], [1]]
 
 
+def test_each_stage_loss_of_the_torch_model_reaches_only_its_own_modules():
+    network = CrrModel(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, seg_size=None, **LITE)
+    images, damaged = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    loss = network.stage1_loss(images, damaged, step=0)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert all(p.grad is not None for p in network.reconstruction_modules.parameters())
+    assert all(p.grad is None for p in network.segmentation.parameters())
+    network.zero_grad(set_to_none=True)
+    masks = (torch.rand(2, 1, 64, 64) > 0.8).float()
+    loss = network.stage2_loss(damaged, masks)
+    loss.backward()
+    assert torch.isfinite(loss) and not network.bottleneck.training and not network.decoder.training
+    assert all(p.grad is None and not p.requires_grad for p in network.reconstruction_modules.parameters())
+    assert all(p.grad is not None for p in network.segmentation.parameters())
+
+
 def test_stage_follows_the_global_step():
     model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, stage1_steps=5, stage2_steps=3, **LITE)
     assert [model.stage(step) for step in range(8)] == [1] * 5 + [2] * 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +86,46 @@ class FeatureCache:
         """Return the stored ``(B, P, D)`` features of a batch."""
         slots = [self.slots[path] for path in paths]
         return torch.from_numpy(np.ascontiguousarray(self.store[slots])).to(device=device, dtype=dtype)
+
+
+class MemoisedEmbedding:
+    """A frozen embedding evaluated once per training image, then read back from a :class:`FeatureCache`.
+
+    The cache is created with the first features it is given (their shape is not known before). A batch that is
+    stored whole comes from the cache; any other batch is embedded and stored (images beyond the capacity are
+    embedded every time).
+
+    Args:
+        embed: The frozen embedding, ``(B, C, H, W)`` images to ``(B, P, D)`` features.
+        capacity: Number of images the cache can hold (the training set size).
+        location: ``"memory"`` or ``"disk"``.
+        directory: Folder of a disk cache (a temporary one when ``None``).
+        dtype: Storage precision, ``"float32"`` or ``"float16"``.
+    """
+
+    def __init__(
+        self,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        capacity: int,
+        location: str = "memory",
+        directory: str | Path | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        self.embed = embed
+        self.capacity = capacity
+        self.location = location
+        self.directory = directory
+        self.dtype = dtype
+        self.cache: FeatureCache | None = None
+
+    def __call__(self, images: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+        """Features of ``images``, whose identities are ``keys`` (the image paths)."""
+        if self.cache is not None and self.cache.has_all(keys):
+            return self.cache.get(keys, device=images.device)
+        features = self.embed(images)
+        if self.cache is None:
+            self.cache = FeatureCache(
+                self.capacity, features.shape[1:], location=self.location, directory=self.directory, dtype=self.dtype
+            )
+        self.cache.put(keys, features)
+        return features

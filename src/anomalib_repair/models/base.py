@@ -5,6 +5,9 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 
 - the input pipeline: resize, center-crop and normalise with the backbone's own mean and std;
 - the per-category evaluator (:class:`~anomalib_repair.evaluation.PerCategoryEvaluator`) as default evaluator;
+- anomalib's contract that every model here fulfils alike: one-class learning, no sanity validation (thresholds
+  need a trained model; the trainer's step and epoch limits are the user's), a validation step that scores the
+  batch with the torch model;
 - backbone weights resolved when ``fit``/``validate``/``test``/``predict`` starts (never at construction), after
   Lightning restored any checkpoint (which carries them, so nothing is fetched then);
 - a checkpoint's saved arguments rebuild a default-constructed model before its weights load (checkpoint-only
@@ -24,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
@@ -136,6 +141,24 @@ def _validate_this_epoch(trainer: Any) -> None:
 
 class RepairModuleMixin:
     """Shared behaviour of CRR, MFRNet and CRAS (see the module docstring)."""
+
+    model: torch.nn.Module
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation (thresholds need a trained model); never sets max_epochs or max_steps."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """Every model here learns from normal images only (anomalies, where needed, are synthesised)."""
+        return LearningType.ONE_CLASS
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Score the validation batch with the torch model (anomalib computes thresholds from it)."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

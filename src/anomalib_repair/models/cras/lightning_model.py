@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import ImageBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -23,12 +22,10 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from anomalib_repair.components.feature_cache import CACHE_DTYPES, FeatureCache
+from anomalib_repair.components.feature_cache import CACHE_DTYPES, MemoisedEmbedding
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices
-from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RESIZE_MODES, RepairModuleMixin, batch_inputs, build_pre_processor
-from anomalib_repair.models.cras.loss import CrasLoss
 from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, SCORE_MODES, CrasModel
 
 logger = logging.getLogger(__name__)
@@ -157,10 +154,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             score_mode=score_mode,
             image_score=image_score,
             top_ratio=top_ratio,
+            noise_std=noise_std,
+            noise_k=noise_k,
         )
-        self.loss = CrasLoss()
-        self.noise_std = noise_std
-        self.noise_k = noise_k
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
         self.discriminator_weight_decay = discriminator_weight_decay
@@ -170,20 +166,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.automatic_optimization = False
         self.category_names: list[str] = []
         self._category_index: CategoryIndex | None = None
-        self._cache: FeatureCache | None = None
-        self._cache_capacity: int | None = None  # set when fitting with a feature cache
 
     # ------------------------------------------------------------------ anomalib contract
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No sanity validation (thresholds need a trained model); never sets max_epochs or max_steps."""
-        return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """CRAS learns from normal images only."""
-        return LearningType.ONE_CLASS
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """AdamW for the adaptor and Adam (with weight decay) for the discriminator, as in the paper."""
         return [
@@ -218,7 +202,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         sums: torch.Tensor | None = None
         counts = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
         for images, batch in self.iterate_training_images():
-            features = self._features(images, batch_inputs(batch)[1])
+            features = self.model.training_features(images, batch_inputs(batch)[1])
             adapted = self.model.adaptor(features).double()
             classes = self._classes(batch)
             if sums is None:
@@ -237,7 +221,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         return (sums / counts.view(-1, 1, 1)).float()
 
     def _prepare_cache(self) -> None:
-        if self.feature_cache is None or self._cache is not None:
+        """Give the network a memoised embedding of the training images when ``feature_cache`` is set."""
+        if self.feature_cache is None or self.model.feature_memo is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "train_augmentations", None) is not None:
@@ -247,25 +232,20 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             )
             raise BadInputError(msg)
         loader = self.trainer.train_dataloader
-        self._cache_capacity = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
+        self.model.feature_memo = MemoisedEmbedding(
+            self.model.patch_features,
+            len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0,
+            location=str(self.feature_cache),
+            directory=self.feature_cache_dir,
+            dtype=self.feature_cache_dtype,
+        )
+
+    def on_train_end(self) -> None:
+        """Free the training-feature cache (inference embeds every image)."""
+        self.model.feature_memo = None
+        super().on_train_end()
 
     # ------------------------------------------------------------------ training
-    def _features(self, images: torch.Tensor, paths: list[str]) -> torch.Tensor:
-        if self._cache is not None and self._cache.has_all(paths):
-            return self._cache.get(paths, device=images.device)
-        features = self.model.embed(images)[0]
-        if self._cache is None and self._cache_capacity is not None:  # created with the first features it holds
-            self._cache = FeatureCache(
-                self._cache_capacity,
-                features.shape[1:],
-                location=str(self.feature_cache),
-                directory=self.feature_cache_dir,
-                dtype=self.feature_cache_dtype,
-            )
-        if self._cache is not None:
-            self._cache.put(paths, features)
-        return features
-
     def _classes(self, batch: ImageBatch) -> torch.Tensor:
         assert self._category_index is not None
         classes = batch_category_indices(batch, self._category_index, device=self.device)
@@ -276,24 +256,11 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         return classes
 
     def training_step(self, batch: ImageBatch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """One step: adapt, match centers, synthesise, discriminate, update both optimisers."""
+        """One step: the network's loss (:meth:`CrasModel.training_loss`), then both optimisers."""
         del args, kwargs
         adaptor_optimizer, discriminator_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
         images, paths = batch_inputs(batch)
-        features = self._features(images, paths)
-        adapted = self.model.adaptor(features)
-        centers = self.model.match_centers(adapted, self._classes(batch))
-        real = adapted.flatten(0, 1)
-        matched = centers.flatten(0, 1)
-        fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
-        scores = self.model.logits(torch.cat([real, fake]), torch.cat([matched, matched]))
-        if not torch.isfinite(scores).all():  # the loss would fail inside binary cross-entropy, deep down
-            msg = "CRAS scores are not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
-            raise BadInputError(msg)
-        loss = self.loss(scores[: len(real)], scores[len(real) :])
-        if not torch.isfinite(loss):
-            msg = "CRAS loss is not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
-            raise BadInputError(msg)
+        loss = self.model.training_loss(images, self._classes(batch), paths)
         adaptor_optimizer.zero_grad()
         discriminator_optimizer.zero_grad()
         self.manual_backward(loss)
@@ -301,12 +268,6 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         discriminator_optimizer.step()
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(paths))
         return {"loss": loss.detach()}
-
-    def validation_step(self, batch: ImageBatch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Score the validation batch (anomalib computes thresholds from it)."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -12,8 +12,12 @@ from torch import nn
 
 from anomalib_repair.components.anomaly_map import AnomalyMapGenerator, top_mean_score
 from anomalib_repair.components.backbone import build_backbone
+from anomalib_repair.components.feature_cache import MemoisedEmbedding
 from anomalib_repair.components.patch_features import PatchAggregator
 from anomalib_repair.components.tracing import is_exporting
+from anomalib_repair.data.synthesis import distance_guided_noise
+from anomalib_repair.errors import BadInputError
+from anomalib_repair.models.cras.loss import CrasLoss
 
 
 def _xavier_linear(layer: nn.Module) -> None:
@@ -71,6 +75,8 @@ class CrasModel(nn.Module):
             score, the paper's; default), ``"map_max"`` (the highest value of the smoothed, upsampled anomaly map,
             as anomalib's PaDiM does) or ``"map_top_mean"`` (the mean of the map's highest ``top_ratio`` share).
         top_ratio: Share of the map's pixels averaged by ``image_score="map_top_mean"`` (0.01).
+        noise_std: σ of the training feature noise (paper: 0.015).
+        noise_k: Distance-guidance strength ``k`` of the noise (paper: 0.3).
     """
 
     def __init__(
@@ -87,6 +93,8 @@ class CrasModel(nn.Module):
         score_mode: str = "logit",
         image_score: str = "patch_max",
         top_ratio: float = 0.01,
+        noise_std: float = 0.015,
+        noise_k: float = 0.3,
     ) -> None:
         super().__init__()
         if score_mode not in SCORE_MODES:
@@ -108,6 +116,10 @@ class CrasModel(nn.Module):
         self.match_chunk = match_chunk
         self.register_buffer("centers", torch.zeros(0, 0, embed_dim, dtype=self.center_dtype))
         self.centers: torch.Tensor
+        self.noise_std = noise_std
+        self.noise_k = noise_k
+        self.loss = CrasLoss()
+        self.feature_memo: MemoisedEmbedding | None = None  # set by the Lightning module to cache training features
 
     # ------------------------------------------------------------------ features
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -115,6 +127,16 @@ class CrasModel(nn.Module):
         with torch.no_grad():
             features = self.backbone(images)
             return self.aggregator(features), self.aggregator.grid_size(features)
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, P, D)`` frozen patch features (:meth:`embed` without the grid)."""
+        return self.embed(images)[0]
+
+    def training_features(self, images: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """``(B, P, D)`` embedded training images: from ``feature_memo`` when one is set (keyed by image path)."""
+        if self.feature_memo is not None:
+            return self.feature_memo(images, keys)
+        return self.patch_features(images)
 
     @property
     def num_classes(self) -> int:
@@ -161,6 +183,28 @@ class CrasModel(nn.Module):
         """Patch anomaly scores for ``(N, D)`` features: logits, or probabilities with ``score_mode="probability"``."""
         logits = self.logits(features, centers)
         return torch.sigmoid(logits) if self.score_mode == "probability" else logits
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, images: torch.Tensor, classes: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """The paper's loss for one batch of normal images of known ``classes``.
+
+        Adapt the frozen features, match every patch to its class centers, synthesise an anomalous twin of each
+        patch with distance-guided noise, and score both: BCE pushes real patches to 0 and synthetic ones to 1.
+        """
+        adapted = self.adaptor(self.training_features(images, keys))
+        centers = self.match_centers(adapted, classes)
+        real = adapted.flatten(0, 1)
+        matched = centers.flatten(0, 1)
+        fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
+        scores = self.logits(torch.cat([real, fake]), torch.cat([matched, matched]))
+        if not torch.isfinite(scores).all():  # the loss would fail inside binary cross-entropy, deep down
+            msg = "CRAS scores are not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
+            raise BadInputError(msg)
+        loss = self.loss(scores[: len(real)], scores[len(real) :])
+        if not torch.isfinite(loss):
+            msg = "CRAS loss is not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
+            raise BadInputError(msg)
+        return loss
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:

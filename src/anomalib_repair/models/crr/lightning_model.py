@@ -20,7 +20,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from anomalib import LearningType
 from anomalib.data import ImageBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -245,9 +244,9 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             rec_weight=rec_weight if stage2_steps > 0 else 1.0,
             sigma=sigma,
             top_ratio=top_ratio,
+            reconstruction_loss=ReconstructRepairLoss(hard_mining_p, hard_mining_ramp, hard_mining_factor),
+            segmentation_loss=SegmentationFocalLoss(focal_gamma),
         )
-        self.reconstruction_loss = ReconstructRepairLoss(hard_mining_p, hard_mining_ramp, hard_mining_factor)
-        self.segmentation_loss = SegmentationFocalLoss(focal_gamma)
         self.stage1_steps = stage1_steps
         self.stage2_steps = stage2_steps
         self.stage1_batch_size = stage1_batch_size
@@ -266,22 +265,12 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self._synthesizer: AnomalySynthesizer | None = None
 
     # ------------------------------------------------------------------ anomalib contract
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No sanity validation; never sets max_epochs or max_steps (CRR stops by itself, see :meth:`stage`)."""
-        return {"num_sanity_val_steps": 0}
-
     def setup(self, stage: str) -> None:
         """Also checks that a DDP strategy lets the two stages train different networks (:func:`check_ddp_strategy`)."""
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and stage == "fit":
             check_ddp_strategy(trainer.strategy)
         super().setup(stage)
-
-    @property
-    def learning_type(self) -> LearningType:
-        """CRR learns from normal images only (anomalies are synthesised)."""
-        return LearningType.ONE_CLASS
 
     @property
     def total_steps(self) -> int:
@@ -388,15 +377,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     def _stage1_step(self, images: torch.Tensor, damaged: torch.Tensor, step: int) -> torch.Tensor:
         optimizer = self.optimizers()[0]  # type: ignore[index]
         scheduler = self.lr_schedulers()
-        self.model.reconstruction_modules.train().requires_grad_(True)
-        grid = self.model.encoder.grid((images.shape[-2], images.shape[-1]))
-        taps = self.model.encode(torch.cat([images, damaged]))
-        count = len(images)
-        targets = self.model.encoder_maps([tap[:count] for tap in taps], grid)
-        decoded = self.model.decoder_maps(taps, grid)
-        loss = self.reconstruction_loss(
-            targets, [out[:count] for out in decoded], [out[count:] for out in decoded], step
-        )
+        loss = self.model.stage1_loss(images, damaged, step)
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.gradient_clip > 0:
@@ -411,16 +392,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
 
     def _stage2_step(self, damaged: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         optimizer = self.optimizers()[1]  # type: ignore[index]
-        self.model.reconstruction_modules.eval().requires_grad_(False)  # stage-I network frozen
-        self.model.segmentation.train()
-        size = (damaged.shape[-2], damaged.shape[-1])
-        grid = self.model.encoder.grid(size)
-        with torch.no_grad():
-            taps = self.model.encode(damaged)
-            encoder_maps = self.model.encoder_maps(taps, grid)
-            decoder_maps = self.model.decoder_maps(taps, grid)
-        logits = self.model.segment(encoder_maps, decoder_maps, size)
-        loss = self.segmentation_loss(logits, masks)
+        loss = self.model.stage2_loss(damaged, masks)
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
@@ -442,9 +414,3 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
                 self.total_steps,
                 self.stage(),
             )
-
-    def validation_step(self, batch: ImageBatch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Score the validation batch (anomalib computes thresholds from it)."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())

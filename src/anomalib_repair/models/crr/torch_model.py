@@ -16,6 +16,7 @@ from torch import nn
 from anomalib_repair.components.anomaly_map import top_mean_score
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.errors import BadInputError
+from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 
 DINOV2_TAPS = tuple(f"blocks.{index}" for index in range(2, 10))
 
@@ -263,6 +264,8 @@ class CrrModel(nn.Module):
         rec_weight: Weight of the reconstruction map in the fused map (0.7; the segmentation map gets the rest).
         sigma: Gaussian smoothing of the fused map (4, 5×5 kernel).
         top_ratio: Fraction of the highest map values averaged into the image score (0.01).
+        reconstruction_loss: Stage-I loss (default: :class:`ReconstructRepairLoss` with its defaults).
+        segmentation_loss: Stage-II loss (default: :class:`SegmentationFocalLoss` with its defaults).
     """
 
     def __init__(
@@ -285,8 +288,12 @@ class CrrModel(nn.Module):
         rec_weight: float = 0.7,
         sigma: float = 4.0,
         top_ratio: float = 0.01,
+        reconstruction_loss: ReconstructRepairLoss | None = None,
+        segmentation_loss: SegmentationFocalLoss | None = None,
     ) -> None:
         super().__init__()
+        self.reconstruction_loss = reconstruction_loss if reconstruction_loss is not None else ReconstructRepairLoss()
+        self.segmentation_loss = segmentation_loss if segmentation_loss is not None else SegmentationFocalLoss()
         self.encoder = TokenEncoder(backbone, layers, pre_trained, backbone_weights, embed_dim, token_stride)
         width = self.encoder.embed_dim
         self.groups = [list(group) for group in (groups or default_groups(self.encoder.num_layers))]
@@ -338,6 +345,38 @@ class CrrModel(nn.Module):
     def reconstruction_modules(self) -> nn.ModuleList:
         """The stage-I trainable modules: bottleneck and decoder."""
         return nn.ModuleList([self.bottleneck, self.decoder])
+
+    # ------------------------------------------------------------------ training
+    def stage1_loss(self, images: torch.Tensor, damaged: torch.Tensor, step: int) -> torch.Tensor:
+        """Stage-I loss (reconstruct and repair) of clean ``images`` and their ``damaged`` copies.
+
+        The decoder must give the clean encoder features both from the images and from the copies with synthetic
+        anomalies; ``step`` drives the hard-mining ramp. Puts the bottleneck and decoder in training mode.
+        """
+        self.reconstruction_modules.train().requires_grad_(True)
+        grid = self.encoder.grid((images.shape[-2], images.shape[-1]))
+        taps = self.encode(torch.cat([images, damaged]))
+        count = len(images)
+        targets = self.encoder_maps([tap[:count] for tap in taps], grid)
+        decoded = self.decoder_maps(taps, grid)
+        return self.reconstruction_loss(
+            targets, [out[:count] for out in decoded], [out[count:] for out in decoded], step
+        )
+
+    def stage2_loss(self, damaged: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Stage II (segmentation): focal loss of the segmentation of ``damaged`` images against their ``masks``.
+
+        Freezes the stage-I modules (evaluation mode, no gradients) and trains the segmentation network.
+        """
+        self.reconstruction_modules.eval().requires_grad_(False)
+        self.segmentation.train()
+        size = (damaged.shape[-2], damaged.shape[-1])
+        grid = self.encoder.grid(size)
+        with torch.no_grad():
+            taps = self.encode(damaged)
+            encoder_maps = self.encoder_maps(taps, grid)
+            decoder_maps = self.decoder_maps(taps, grid)
+        return self.segmentation_loss(self.segment(encoder_maps, decoder_maps, size), masks)
 
     # ------------------------------------------------------------------ features
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:

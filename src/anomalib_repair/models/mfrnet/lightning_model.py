@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -151,16 +150,6 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.weight_decay = weight_decay
 
     # ------------------------------------------------------------------ anomalib contract
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No sanity validation (thresholds need a trained model); never sets max_epochs or max_steps."""
-        return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """MFRNet learns from normal images only."""
-        return LearningType.ONE_CLASS
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW on the restoration network (the backbone is frozen)."""
         return torch.optim.AdamW(self.model.restoration.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -176,9 +165,3 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             raise BadInputError(msg)
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(paths))
         return {"loss": loss}
-
-    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Score the validation batch (anomalib computes thresholds from it)."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
