@@ -274,3 +274,18 @@ def test_plain_ddp_is_refused_in_one_line_and_lightnings_unused_parameter_strate
     check_ddp_strategy(named)
     check_ddp_strategy(DDPStrategy(find_unused_parameters=True, static_graph=False))
     check_ddp_strategy(SingleDeviceStrategy(device=torch.device("cpu")))  # not DDP: nothing to check
+
+
+@pytest.mark.parametrize("shape", [(64, 40), (40, 40), (40, 64)])
+def test_token_projections_are_orthonormal_and_torchs_own_where_torch_draws_the_same(shape):
+    from anomalib_repair.models.crr.torch_model import _orthonormal_
+
+    matrix = torch.empty(shape)
+    _orthonormal_(matrix, torch.Generator().manual_seed(3))
+    small = min(shape)
+    gram = matrix.T @ matrix if shape[0] >= shape[1] else matrix @ matrix.T
+    torch.testing.assert_close(gram, torch.eye(small), rtol=0, atol=1e-5)
+    if shape[0] >= shape[1]:  # tall or square: exactly torch's orthogonal_ with the same generator
+        expected = torch.empty(shape)
+        nn.init.orthogonal_(expected, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(matrix, expected)

@@ -264,3 +264,28 @@ def test_export_ssim_path_equals_the_training_path() -> None:
     )
     with pytest.raises(BadInputError, match="ssim_sigma"):
         HybridLoss(ssim_sigma=2.0)._ssim_for_export(restored, target)
+
+
+def test_hybrid_block_attention_is_standard_multi_head_attention_and_keeps_its_state_dict_keys():
+    from torch import nn
+
+    from anomalib_repair.models.mfrnet.torch_model import HybridTransformerBlock
+
+    block = HybridTransformerBlock(dim=32, num_heads=4).eval()
+    assert {key for key in block.state_dict() if key.startswith("attention.")} == {
+        "attention.qkv.weight",
+        "attention.qkv.bias",
+        "attention.proj.weight",
+        "attention.proj.bias",
+    }  # the keys of the earlier hand-written attention: older checkpoints load unchanged
+    reference = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(block.attention.qkv.weight)
+        reference.in_proj_bias.copy_(block.attention.qkv.bias)
+        reference.out_proj.weight.copy_(block.attention.proj.weight)
+        reference.out_proj.bias.copy_(block.attention.proj.bias)
+        tokens = torch.randn(2, 10, 32)
+        expected = reference(tokens, tokens, tokens, need_weights=False)[0]
+        torch.testing.assert_close(block.attention(tokens), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(BadInputError, match="multiple of num_heads"):
+        HybridTransformerBlock(dim=30, num_heads=4)

@@ -52,7 +52,13 @@ FOREGROUND_MODES = ("auto", "off")
 
 # ---------------------------------------------------------------------------------------------- foreground
 def _otsu_thresholds(values: torch.Tensor, bins: int = 64) -> torch.Tensor:
-    """Otsu threshold of each row of ``values`` (``(B, N)``, any range): maximal between-class variance."""
+    """Otsu threshold of each row of ``values`` (``(B, N)``, any range): maximal between-class variance.
+
+    Not kornia's ``otsu_threshold``: that one bins by flooring into ``nbins`` bins over each plane's range and
+    returns a bin's upper edge; this one rounds values to ``bins`` centres and returns the midpoint between two.
+    On random planes the two thresholds differ by up to ~1.4 % of the range and ~0.2 % of pixels change side,
+    which would change the foreground masks of CRR's synthesis, and so its seeded results.
+    """
     low = values.min(dim=1, keepdim=True).values
     high = values.max(dim=1, keepdim=True).values
     span = (high - low).clamp_min(1e-12)

@@ -98,10 +98,15 @@ class TokenEncoder(nn.Module):
 def _orthonormal_(matrix: torch.Tensor, generator: torch.Generator) -> None:
     """Fill ``(out, in)`` with orthonormal columns (``in <= out``) or rows (``in > out``) from ``generator``."""
     rows, cols = matrix.shape
-    gaussian = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
+    if rows >= cols:
+        nn.init.orthogonal_(matrix, generator=generator)
+        return
+    # Wide matrices: torch's orthogonal_ draws the Gaussian as (rows, cols) and transposes it, this draw is
+    # (cols, rows) -- as orthonormal, but another matrix for the same seed. Kept so that the projections of trained
+    # CNN-backbone CRR models, and their seeded results, stay what they were.
+    gaussian = torch.randn(cols, rows, generator=generator)
     q, r = torch.linalg.qr(gaussian)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    matrix.copy_(q if rows >= cols else q.T)
+    matrix.copy_((q * torch.sign(torch.diagonal(r)).unsqueeze(0)).T)
 
 
 # ---------------------------------------------------------------------------------------------- bottleneck, decoder
@@ -140,6 +145,9 @@ class FeatureMaskingBottleneck(nn.Module):
 
 class LinearAttentionBlock(nn.Module):
     """Pre-norm transformer block with linear attention (``φ = ELU + 1``, anomalib's :class:`LinearAttention`).
+
+    anomalib's Dinomaly ``DecoderViTBlock`` computes the same except that its MLP has no biases; CRR's decoder
+    (56.70 M parameters, MODELS.md) has them, so this block keeps them.
 
     Args:
         dim: Token width.

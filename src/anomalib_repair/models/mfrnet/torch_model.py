@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
+from timm.layers import Attention
 from torch import nn
 
 from anomalib_repair.components.anomaly_map import AnomalyMapGenerator, top_mean_score
@@ -74,26 +75,6 @@ class MultiScaleFeatureAggregator(nn.Module):
         return torch.cat(maps, dim=1)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over tokens ``(B, N, D)`` (PyTorch's scaled dot-product kernel)."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            msg = f"embed_dim ({dim}) must be a multiple of num_heads ({num_heads})."
-            raise BadInputError(msg)
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Attend every token to every other one."""
-        batch, length, dim = tokens.shape
-        qkv = self.qkv(tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, dim))
-
-
 class HybridTransformerBlock(nn.Module):
     """Convolution + self-attention block on a ``(B, D, H, W)`` map.
 
@@ -115,8 +96,11 @@ class HybridTransformerBlock(nn.Module):
             nn.GELU(),
             nn.Conv2d(dim, dim, 1),
         )
+        if dim % num_heads:
+            msg = f"embed_dim ({dim}) must be a multiple of num_heads ({num_heads})."
+            raise BadInputError(msg)
         self.norm_attention = nn.LayerNorm(dim)
-        self.attention = SelfAttention(dim, num_heads)
+        self.attention = Attention(dim, num_heads=num_heads, qkv_bias=True)  # timm's multi-head self-attention
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
