@@ -80,14 +80,18 @@ def test_truncated_image_without_up_front_check_fails_when_loaded_naming_it(mess
     datamodule = _datamodule(messy_root, verify_images=False)
     datamodule.setup()
     position = list(datamodule.test_data.samples.image_path).index(str(bad))
-    datamodule.test_data[position - 1 if position else position + 1]  # its neighbours still load
+    loaded = datamodule.test_dataloader().dataset  # what the loaders read
+    loaded[position - 1 if position else position + 1]  # its neighbours still load
     with pytest.raises(BadInputError) as error:
-        datamodule.test_data[position]
+        loaded[position]
     assert_one_line(error, str(bad))
-    # the checked dataset survives pickling (spawned loader workers, ddp_spawn) and deep copies
-    restored = pickle.loads(pickle.dumps(datamodule.test_data))
+    with pytest.raises(BadInputError):  # the whole loader, as a run reads it
+        list(datamodule.test_dataloader())
+    # the checked items survive pickling (spawned loader workers, ddp_spawn) and deep copies
+    restored = pickle.loads(pickle.dumps(loaded))
     with pytest.raises(BadInputError):
         restored[position]
+    assert type(datamodule.test_data).__module__.startswith("anomalib.")  # the datamodule keeps anomalib's class
 
 
 def test_worker_traceback_message_is_reduced_to_its_last_line():

@@ -28,7 +28,7 @@ from anomalib_repair.data.eval_halves import TEST_HALVES, half_indices
 from anomalib_repair.data.image_cache import DecodedImageCache
 from anomalib_repair.data.sampling import ResumableSampler, shard_sampler
 from anomalib_repair.data.val_split import validation_indices
-from anomalib_repair.data.validation import check_mvtec_layout, verify_samples, with_checked_items
+from anomalib_repair.data.validation import CheckedItems, check_mvtec_layout, verify_samples
 from anomalib_repair.errors import BadInputError, DatasetNotFoundError, UnknownCategoryError
 
 logger = logging.getLogger(__name__)
@@ -275,8 +275,8 @@ class MultiClassDataModule(AnomalibDataModule):
                 path_to_category.update(dict.fromkeys(dataset.samples["image_path"].astype(str), category))
             train_sets.append(train)
             test_sets.append(test)
-        self.train_data = with_checked_items(_concatenate(train_sets))
-        self.test_data = with_checked_items(_concatenate(test_sets))
+        self.train_data = _concatenate(train_sets)
+        self.test_data = _concatenate(test_sets)
         self._other_half = None
         if self.test_half is not None:
             samples = self.test_data.samples
@@ -335,7 +335,7 @@ class MultiClassDataModule(AnomalibDataModule):
             dataset, getattr(self, "trainer", None), self.train_batch_size, seed=self.seed
         )
         return DataLoader(
-            dataset=dataset,
+            dataset=CheckedItems(dataset),
             sampler=sampler,
             generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch),
             batch_size=self.train_batch_size,
@@ -345,7 +345,7 @@ class MultiClassDataModule(AnomalibDataModule):
 
     def _eval_dataloader(self, dataset: Any) -> DataLoader:
         return DataLoader(
-            dataset=dataset,
+            dataset=CheckedItems(dataset),
             sampler=shard_sampler(dataset, getattr(self, "trainer", None)),
             shuffle=False,
             generator=torch.Generator().manual_seed(0),

@@ -5,8 +5,10 @@
 - :func:`verify_samples`: every image and mask opens and passes PIL's ``verify()`` (a truncated PNG fails its
   checksums; no pixel is decoded), and every mask has the size of its image. About 0.3 ms per file (see
   docs/reliability.md).
-- :func:`with_checked_items`: a decoding error while loading a sample (e.g. a truncated JPEG, which ``verify()``
-  cannot see) is re-raised as :class:`~anomalib_repair.errors.BadInputError` naming the file.
+- :class:`CheckedItems`: what the data loaders read: a decoding error while loading a sample (e.g. a truncated JPEG,
+  which ``verify()`` cannot see) is re-raised as :class:`~anomalib_repair.errors.BadInputError` naming the file.
+  It wraps the dataset only inside the loaders; the datamodule keeps anomalib's own dataset objects, so their
+  ``subsample``, augmentation updates and concatenation work as anomalib defines them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from torch.utils.data import Dataset
 
 from anomalib_repair.errors import BadInputError
 
@@ -116,47 +119,34 @@ def verify_samples(samples: Any, checked: set[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- lazy decode errors
-def _checked_getitem(self: Any, index: int) -> Any:
-    try:
-        return self._unchecked_class.__getitem__(self, index)
-    except _DECODE_ERRORS as error:
-        row = self.samples.iloc[index]
-        mask = row.get("mask_path", None)
-        files = str(row.image_path) + (f" (mask {mask})" if isinstance(mask, str) and mask else "")
-        raise _open_error(files, "image", error) from None
+class CheckedItems(Dataset):
+    """The items of an anomalib dataset, with a decoding error re-raised in one line that names the file.
 
+    Every other attribute (``samples``, ``collate_fn``, ...) is the wrapped dataset's.
 
-def _checked_reduce(self: Any) -> tuple[Any, ...]:
-    # A class made at run time cannot be pickled by name: rebuild from the plain anomalib class (data loader
-    # workers started with spawn, ddp_spawn, deepcopy).
-    return (_rebuild_checked, (self._unchecked_class, self.__dict__.copy()))
+    Args:
+        dataset: anomalib image dataset (or a wrapper of one that keeps its ``samples``).
+    """
 
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
 
-_CHECKED_CLASSES: dict[type, type] = {}
+    def __len__(self) -> int:
+        """Number of items of the wrapped dataset."""
+        return len(self.dataset)
 
+    def __getitem__(self, index: int) -> Any:
+        """The wrapped dataset's item, or :class:`BadInputError` naming its files when they cannot be decoded."""
+        try:
+            return self.dataset[index]
+        except _DECODE_ERRORS as error:
+            row = self.dataset.samples.iloc[index]
+            mask = row.get("mask_path", None)
+            files = str(row.image_path) + (f" (mask {mask})" if isinstance(mask, str) and mask else "")
+            raise _open_error(files, "image", error) from None
 
-def _checked_class(base: type) -> type:
-    # A direct subclass without slots of its own, so that an existing object's class can be swapped.
-    if base not in _CHECKED_CLASSES:
-        namespace = {
-            "__getitem__": _checked_getitem,
-            "__reduce__": _checked_reduce,
-            "_unchecked_class": base,
-            "__module__": base.__module__,
-        }
-        _CHECKED_CLASSES[base] = type(f"Checked{base.__name__}", (base,), namespace)
-    return _CHECKED_CLASSES[base]
-
-
-def _rebuild_checked(base: type, state: dict[str, Any]) -> Any:
-    dataset: Any = object.__new__(base)
-    dataset.__dict__.update(state)
-    dataset.__class__ = _checked_class(base)
-    return dataset
-
-
-def with_checked_items(dataset: Any) -> Any:
-    """Make ``dataset[i]`` raise :class:`BadInputError` naming the file when an image cannot be decoded."""
-    if "_unchecked_class" not in type(dataset).__dict__:
-        dataset.__class__ = _checked_class(type(dataset))
-    return dataset
+    def __getattr__(self, name: str) -> Any:
+        """Everything but the items is the wrapped dataset's."""
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
