@@ -1,7 +1,7 @@
 """How training time and memory grow with the number of categories: one unified model vs one model per category.
 
 For each of our models (reduced CPU recipe, ``configs/<model>/cpu_reduced.yaml``) and K = 1, 2, 4 categories of the
-generated demo dataset (``anomalib_repair.data.demo``: 4 categories, 24 training images each, 128 px), trains
+generated demo dataset (``anomalib_repair.demo.dataset``: 4 categories, 24 training images each, 128 px), trains
 ONE unified model on the first K categories, and K separate single-category models; records the training wall time
 and the peak memory (``ru_maxrss`` of each run's own subprocess). Epoch-based recipes get ``--epochs`` epochs (the
 same number of passes over the data either way, so unified and per-category train on the same images); CRR keeps
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         model_key, root, categories = args.worker
         print(json.dumps(_worker(model_key, root, categories, args.epochs, args.crr_steps)))
         return 0
-    from anomalib_repair.data.demo import generate_demo_dataset
+    from anomalib_repair.demo.dataset import generate_demo_dataset
 
     start = time.perf_counter()
     data = generate_demo_dataset(Path(tempfile.mkdtemp()) / "demo", categories=list(CATEGORIES), seed=0)

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(SCRIPT.parent))
     from ddp_train import odd_dataset
 
-    from anomalib_repair.data.demo import generate_demo_dataset
+    from anomalib_repair.demo.dataset import generate_demo_dataset
 
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="reliability-"))

@@ -46,7 +46,7 @@ def real_data_root(shared_data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset in MVTec AD layout: weave, grain, disc, capsule at 64 px."""
-    from anomalib_repair.data.demo import generate_demo_dataset
+    from anomalib_repair.demo.dataset import generate_demo_dataset
 
     return generate_demo_dataset(
         tmp_path_factory.mktemp("demo"),

