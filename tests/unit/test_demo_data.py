@@ -11,8 +11,9 @@ import pytest
 from anomalib.data.datasets import MVTecADDataset
 from PIL import Image
 
-from anomalib_repair.demo import dataset as demo
+from anomalib_repair.demo import samples as demo
 from anomalib_repair.demo.dataset import DEFECT_TYPES, DEMO_CATEGORIES, generate_demo_dataset, main
+from anomalib_repair.demo.scenes import _RENDERERS
 
 NUM_TRAIN = 24
 NUM_TEST_GOOD = 8
@@ -140,7 +141,7 @@ def test_mask_is_exactly_the_changed_pixels(category: str, defect: str) -> None:
         np.testing.assert_array_equal(mask > 0, changed)
         # Re-render the same scene to get the region on which defects are allowed.
         scene_rng = demo._image_rng(5, DEMO_CATEGORIES.index(category), 2 + DEFECT_TYPES.index(defect), index)
-        allowed = demo._RENDERERS[category](scene_rng, size).allowed
+        allowed = _RENDERERS[category](scene_rng, size).allowed
         assert not (changed & ~allowed).any()
         border = np.ones((size, size), dtype=bool)
         border[1:-1, 1:-1] = False

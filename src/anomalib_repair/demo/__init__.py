@@ -4,7 +4,8 @@
 - :mod:`~anomalib_repair.demo.scenes`: the four categories drawn defect-free (``weave``, ``grain``, ``disc``,
   ``capsule``);
 - :mod:`~anomalib_repair.demo.defects`: the three defects (``scratch``, ``hole``, ``stain``) and their masks;
-- :mod:`~anomalib_repair.demo.dataset`: deterministic per-image random streams, the files on disk,
+- :mod:`~anomalib_repair.demo.samples`: one image with its own random stream, good or defective with its mask;
+- :mod:`~anomalib_repair.demo.dataset`: the files on disk (resumable, checked against the parameters),
   :func:`generate_demo_dataset` (``python -m anomalib_repair.demo.dataset --root DIR``);
 - :mod:`~anomalib_repair.demo.quickstart`: one unified CRAS model trained and tested on every demo category
   (``python -m anomalib_repair.demo`` or ``anomalib-repair-demo``).

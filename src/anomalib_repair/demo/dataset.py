@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import sys
 from collections.abc import Sequence
@@ -44,9 +43,9 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from anomalib_repair.demo.defects import DEFECT_TYPES, _paint_defect
-from anomalib_repair.demo.primitives import FloatImage, _to_uint8
-from anomalib_repair.demo.scenes import _RENDERERS, DEMO_CATEGORIES
+from anomalib_repair.demo.defects import DEFECT_TYPES
+from anomalib_repair.demo.samples import _image_rng, _render_defective, _render_good
+from anomalib_repair.demo.scenes import DEMO_CATEGORIES
 
 logger = logging.getLogger(__name__)
 
@@ -55,99 +54,11 @@ _MARKER_NAME = ".demo_complete"
 _PARTIAL_MARKER_NAME = ".demo_partial"
 _GENERATED_SUBDIRS = ("train", "test", "ground_truth")
 _MIN_IMAGE_SIZE = 32
-_MIN_DEFECT_FRACTION = 0.003
-_MAX_DEFECT_FRACTION = 0.05
-_DEFECT_ATTEMPTS = 40
 
 # Split codes used to derive independent random streams per image.
 _SPLIT_TRAIN = 0
 _SPLIT_TEST_GOOD = 1
 _SPLIT_TEST_DEFECT_BASE = 2
-
-
-def _image_rng(seed: int, category_index: int, split_code: int, index: int) -> np.random.Generator:
-    """Independent random stream for one image.
-
-    Args:
-        seed: User seed.
-        category_index: Index of the category in ``DEMO_CATEGORIES``.
-        split_code: Split / defect code.
-        index: Image index within its folder.
-
-    Returns:
-        A seeded NumPy generator.
-    """
-    return np.random.default_rng([seed, category_index, split_code, index])
-
-
-def _sensor_noise(rng: np.random.Generator, size: int) -> FloatImage:
-    """Additive camera noise shared by the clean and the defective rendering.
-
-    Args:
-        rng: Random generator.
-        size: Image side length.
-
-    Returns:
-        Float32 noise image ``(size, size, 3)``.
-    """
-    # Uniform noise with the same standard deviation as Gaussian noise of ``sigma``; it is much cheaper to draw.
-    sigma = rng.uniform(0.008, 0.016)
-    return (rng.random((size, size, 3), dtype=np.float32) - 0.5) * np.float32(sigma * math.sqrt(12.0))
-
-
-def _render_good(category: str, rng: np.random.Generator, size: int) -> NDArray[np.uint8]:
-    """Render one defect-free sample.
-
-    Args:
-        category: Category name.
-        rng: Random generator.
-        size: Image side length.
-
-    Returns:
-        uint8 RGB image.
-    """
-    scene = _RENDERERS[category](rng, size)
-    return _to_uint8(scene.image + _sensor_noise(rng, size))
-
-
-def _render_defective(
-    category: str,
-    defect: str,
-    rng: np.random.Generator,
-    size: int,
-) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]:
-    """Render one defective sample together with its defect-free counterpart and mask.
-
-    The defect is redrawn (with fresh random parameters from the same stream) until the changed area lies within the
-    allowed fraction of the image.
-
-    Args:
-        category: Category name.
-        defect: Defect type.
-        rng: Random generator.
-        size: Image side length.
-
-    Returns:
-        ``(image, clean, mask)``: defective uint8 RGB image, the same scene without the defect, and the uint8
-        single-channel mask (0/255) of exactly the changed pixels.
-
-    Raises:
-        RuntimeError: If no defect of acceptable size could be drawn (should not happen for valid sizes).
-    """
-    scene = _RENDERERS[category](rng, size)
-    noise = _sensor_noise(rng, size)
-    clean = _to_uint8(scene.image + noise)
-    min_area = max(1, int(np.ceil(_MIN_DEFECT_FRACTION * size * size)))
-    max_area = int(_MAX_DEFECT_FRACTION * size * size)
-    for _ in range(_DEFECT_ATTEMPTS):
-        painted, _alpha = _paint_defect(rng, scene, defect)
-        image = _to_uint8(painted + noise)
-        changed = np.any(image != clean, axis=-1)
-        area = int(changed.sum())
-        if min_area <= area <= max_area:
-            return image, clean, (changed.astype(np.uint8) * 255)
-    msg = f"Could not draw a {defect!r} defect of acceptable size on {category!r} at {size}px."
-    raise RuntimeError(msg)
 
 
 def _save_png(array: NDArray[np.uint8], path: Path) -> None:

@@ -9,6 +9,10 @@ Both stages run inside one ``fit``: the stage follows from the trainer's global 
 stage I, then ``stage2_steps`` of stage II; each training step is one optimiser step of its stage) and training
 stops by itself when both are done, so a checkpoint resumes in the right stage with its optimiser and scheduler
 states.
+
+Longer than the other models' modules because CRR has two trainings in one: the stage switch, two optimisers with
+a checkpointable schedule, per-stage batch sizes, the trainer-limit warnings and the DDP strategy check; the maths
+is in :class:`~anomalib_repair.models.crr.torch_model.CrrModel`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""PyTorch network of CRR: frozen encoder, masking bottleneck, linear-attention decoder, segmentation network."""
+"""PyTorch network of CRR: frozen encoder, masking bottleneck, linear-attention decoder, segmentation network.
+
+One module for the paper's one network: the four parts are small classes here, wired by :class:`CrrModel`, which
+also owns both stages' losses and the fused anomaly map (about 440 lines in all).
+"""
 
 from __future__ import annotations
 
