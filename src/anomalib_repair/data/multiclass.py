@@ -7,7 +7,7 @@ category every image file belongs to (see :mod:`anomalib_repair.data.category`).
 
 Named subclasses fix the dataset: :class:`MVTec`, :class:`VisA`, :class:`MPDD`, :class:`RealIAD`, and
 :class:`MVTecFolder` for a folder of the user's own in MVTec AD layout. They stay in this module (over 500 lines
-with them) because each is a few lines over the base and saved CLI configs name them by this module's path.
+with them): each is a few lines over the base, and their shared argument documentation is built here.
 """
 
 from __future__ import annotations
