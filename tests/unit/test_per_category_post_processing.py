@@ -77,3 +77,27 @@ def test_per_category_state_round_trips_through_a_state_dict():
     fresh.load_state_dict(processor.state_dict())
     for name in ("low", "high"):
         assert float(fresh.categories[name].image_threshold) == float(processor.categories[name].image_threshold)
+
+
+def test_inferred_categories_give_the_same_decisions_as_routing_by_path():
+    """What exported models run (categories inferred, statistics gathered per image) equals the test-time path."""
+    from anomalib.data import InferenceBatch
+
+    processor = _fitted()
+    paths = ["low0", "low3", "high0", "high2", "elsewhere.png", "low2"]
+    scores = [0.15, 0.35, 0.55, 0.85, 0.7, 0.32]
+    test = _batch(paths, scores, [0, 1, 0, 1, 1, 1])
+    raw = InferenceBatch(pred_score=test.pred_score.clone(), anomaly_map=test.anomaly_map.clone())
+    processor.post_process_batch(test)
+    inferred = torch.tensor([0, 0, 1, 1, -1, 0])  # indices of ["low", "high"]; -1: no known category
+    exported = processor.forward_for_categories(raw, inferred, ["low", "high"])
+    assert exported.pred_label.tolist() == test.pred_label.tolist() == [False, True, False, True, True, True]
+    torch.testing.assert_close(exported.pred_score, test.pred_score)
+    torch.testing.assert_close(exported.anomaly_map, test.anomaly_map)
+    assert torch.equal(exported.pred_mask, test.pred_mask)
+    # a wrongly inferred category takes that category's threshold: "high"'s for a low-category anomaly
+    wrong = processor.forward_for_categories(raw, torch.tensor([0, 1, 1, 1, -1, 0]), ["low", "high"])
+    assert wrong.pred_label.tolist()[1] is False
+    # the names order is the model's, not the processor's
+    swapped = processor.forward_for_categories(raw, 1 - inferred.clamp_min(0), ["high", "low"])
+    assert swapped.pred_label.tolist()[:4] == exported.pred_label.tolist()[:4]

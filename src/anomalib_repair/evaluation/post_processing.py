@@ -4,8 +4,14 @@ A unified model's raw scores can differ in scale between categories (a score of 
 anomalous for another). :class:`PerCategoryPostProcessor` is an anomalib ``PostProcessor`` that learns, from the
 validation set, one F1-optimal threshold and one min/max normalisation **per category** (through one anomalib
 ``PostProcessor`` per category) and applies the right one to every test and predict sample, the category looked up
-by image path (:mod:`anomalib_repair.data.category`). Its own (global) statistics are still computed and are what
-``forward`` — hence the exported model, which sees no category — uses.
+by image path (:mod:`anomalib_repair.data.category`). Its own (global) statistics are still computed; they serve
+samples of no known category.
+
+An exported model sees no image path: there the model infers each image's category itself (CRAS from its class
+centers, CRR and MFRNet from :mod:`~anomalib_repair.components.category_prototypes`) and
+:meth:`PerCategoryPostProcessor.forward_for_categories` applies that category's statistics inside the graph
+(stacked per category and gathered per image, so the batch stays dynamic). anomalib's own post-processor holds one
+set of statistics for all images.
 
     anomalib train --model anomalib_repair.CRAS --model.post_processor anomalib_repair.PerCategoryPostProcessor ...
 """
@@ -98,6 +104,60 @@ class PerCategoryPostProcessor(PostProcessor):
             cast(PostProcessor, child).on_validation_epoch_end(trainer, pl_module)
 
     # ------------------------------------------------------------------ application
+    def statistics_for(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Per-category statistics stacked in the order of ``names``, the global ones last: ``(K + 1,)`` each.
+
+        A name without statistics of its own gets the global ones.
+        """
+        children = dict(self.categories.items())
+        processors: list[Any] = [children.get(module_key(name), self) for name in names]
+        processors.append(self)
+        fields = {
+            "image_min": lambda p: p.image_min,
+            "image_max": lambda p: p.image_max,
+            "image_threshold": lambda p: p.image_threshold,
+            "pixel_min": lambda p: p.pixel_min,
+            "pixel_max": lambda p: p.pixel_max,
+            "pixel_threshold": lambda p: p.pixel_threshold,
+        }
+        return {key: torch.stack([read(p).reshape(()).float() for p in processors]) for key, read in fields.items()}
+
+    def forward_for_categories(
+        self, predictions: InferenceBatch, categories: torch.Tensor, names: list[str]
+    ) -> InferenceBatch:
+        """As ``forward``, with the statistics of each image's category (``categories`` index ``names``).
+
+        An index outside ``names`` (``-1``: unknown) takes the global statistics. Used by the models' ``forward``,
+        hence by exported models; equals :meth:`post_process_batch` when the category is the image's own.
+        """
+        if predictions.pred_score is None:
+            msg = "forward_for_categories needs image scores (pred_score)."
+            raise ValueError(msg)
+        stats = self.statistics_for(names)
+        known = (categories >= 0) & (categories < len(names))
+        row = torch.where(known, categories, torch.full_like(categories, len(names)))
+        pick = {key: value.to(predictions.pred_score.device)[row] for key, value in stats.items()}
+        pred_score = predictions.pred_score
+        anomaly_map = predictions.anomaly_map
+        per_pixel = (-1,) + (1,) * (anomaly_map.ndim - 1) if anomaly_map is not None else (-1,)
+        image_threshold, pixel_threshold = pick["image_threshold"], pick["pixel_threshold"].view(per_pixel)
+        if self.enable_normalization:
+            pred_score = cast(
+                torch.Tensor, self._normalize(pred_score, pick["image_min"], pick["image_max"], image_threshold)
+            )
+            anomaly_map = self._normalize(
+                anomaly_map, pick["pixel_min"].view(per_pixel), pick["pixel_max"].view(per_pixel), pixel_threshold
+            )
+            image_threshold = self.normalized_image_threshold.to(pred_score)
+            pixel_threshold = self.normalized_pixel_threshold.to(pred_score)
+        pred_label = pred_mask = None
+        if self.enable_thresholding:
+            pred_label = pred_score > image_threshold
+            pred_mask = None if anomaly_map is None else anomaly_map > pixel_threshold
+        return InferenceBatch(
+            pred_label=pred_label, pred_score=pred_score, pred_mask=pred_mask, anomaly_map=anomaly_map
+        )
+
     def post_process_batch(self, batch: Any) -> None:
         """Normalise and threshold every sample with its own category's statistics (global ones otherwise)."""
         groups = self._groups(batch)

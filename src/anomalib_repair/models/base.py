@@ -4,7 +4,10 @@ The models stay *direct* ``AnomalibModule`` subclasses (so anomalib's ``list_mod
 this mixin is listed before ``AnomalibModule`` in their bases and adds:
 
 - the input pipeline: resize, center-crop and normalise with the backbone's own mean and std;
-- the per-category evaluator (:class:`~anomalib_repair.evaluation.PerCategoryEvaluator`) as default evaluator;
+- the per-category evaluator (:class:`~anomalib_repair.evaluation.PerCategoryEvaluator`) and per-category
+  post-processor (:class:`~anomalib_repair.evaluation.PerCategoryPostProcessor`) as defaults, and a ``forward``
+  (what exported models run) that applies each image's own category's thresholds, the category inferred by the
+  torch model's ``predict``;
 - anomalib's contract that every model here fulfils alike: one-class learning, no sanity validation (thresholds
   need a trained model; the trainer's step and epoch limits are the user's), a validation step that scores the
   batch with the torch model;
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
@@ -39,10 +42,11 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_repair.callbacks import install_atomic_checkpoint_io, model_callbacks
 from anomalib_repair.components.backbone import backbone_normalization, load_backbone_weights
-from anomalib_repair.data.category import CategoryIndex, category_index_for
+from anomalib_repair.components.category_prototypes import CategoryPrototypes
+from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
 from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.errors import BadInputError
-from anomalib_repair.evaluation import PerCategoryEvaluator
+from anomalib_repair.evaluation import PerCategoryEvaluator, PerCategoryPostProcessor
 from anomalib_repair.quiet_logs import EXPORT_LOGGERS, quieter
 from anomalib_repair.visualization import CategoryImageVisualizer
 
@@ -55,6 +59,8 @@ ONNX_OPSET = 18
 
 logger = logging.getLogger(__name__)
 
+CATEGORY_KEY = "anomalib_repair_categories"
+"""Checkpoint entry with the category names a unified model was trained on (the order of its category indices)."""
 
 RESIZE_MODES = ("square", "shorter_side")
 """``"square"``: every image to ``image_size × image_size`` (aspect ratio not kept); ``"shorter_side"``: the shorter
@@ -143,6 +149,7 @@ class RepairModuleMixin:
     """Shared behaviour of CRR, MFRNet and CRAS (see the module docstring)."""
 
     model: torch.nn.Module
+    category_names: list[str]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -164,6 +171,28 @@ class RepairModuleMixin:
     def configure_evaluator() -> Evaluator:
         """Per-category image and pixel metrics with their mean (see :class:`PerCategoryEvaluator`)."""
         return PerCategoryEvaluator()
+
+    @staticmethod
+    def configure_post_processor() -> PerCategoryPostProcessor:
+        """Anomalib's post-processing with thresholds and normalisation per category (one set for one category)."""
+        return PerCategoryPostProcessor()
+
+    def forward(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> InferenceBatch:
+        """Pre-process, score and post-process raw images: what exported and ``TorchInferencer`` models run.
+
+        With the per-category post-processor and a model trained on named categories, each image gets the
+        thresholds and normalisation of the category the torch model infers for it (``self.model.predict``);
+        otherwise this is anomalib's ``forward``.
+        """
+        del args, kwargs
+        pre, post = getattr(self, "pre_processor", None), getattr(self, "post_processor", None)
+        images = pre(batch) if pre else batch
+        names = list(getattr(self, "category_names", []))
+        if isinstance(post, PerCategoryPostProcessor) and len(post.categories) and names:
+            predictions, categories = self.model.predict(images)  # type: ignore[operator]
+            return post.forward_for_categories(predictions, categories, names)
+        predictions = self.model(images)
+        return post(predictions) if post else predictions  # type: ignore[no-any-return]
 
     @classmethod
     def configure_visualizer(cls) -> CategoryImageVisualizer:
@@ -342,6 +371,7 @@ class RepairModuleMixin:
             )
             checkpoint["state_dict"] = dict(self.state_dict())  # type: ignore[attr-defined]
             checkpoint.pop("callbacks", None)  # the post-processor's stale normalisation statistics too
+            checkpoint[CATEGORY_KEY] = list(getattr(self, "category_names", []))
             self._resumed_fit_from = None
         elif trainer is not None:
             path = getattr(trainer, "ckpt_path", None)
@@ -351,7 +381,42 @@ class RepairModuleMixin:
                 datamodule = getattr(trainer, "datamodule", None)
                 if datamodule is not None:
                     datamodule.setup(trainer.state.fn)
+        self.category_names = list(checkpoint.get(CATEGORY_KEY, []))
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also store the category names (the meaning of the model's category indices)."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint[CATEGORY_KEY] = list(getattr(self, "category_names", []))
+
+    @torch.no_grad()
+    def fit_category_prototypes(self, prototypes: CategoryPrototypes, features: Any) -> None:
+        """Per-category mean of ``features(images)`` over the training images, into ``prototypes``.
+
+        One pass over this rank's training data (reduced over ranks under DDP); sets :attr:`category_names`. The
+        global random stream is left as it was, so the training that follows draws what it drew without this pass.
+        """
+        index = self.current_category_index()
+        names = list(index.names)
+        device = self.device  # type: ignore[attr-defined]
+        sums: torch.Tensor | None = None
+        counts = torch.zeros(len(names), dtype=torch.float64, device=device)
+        with torch.random.fork_rng(devices=[]):
+            for images, batch in self.iterate_training_images():
+                pooled = features(images).double()
+                classes = batch_category_indices(batch, index, device=device)
+                known = classes >= 0
+                if sums is None:
+                    sums = torch.zeros(len(names), pooled.shape[1], dtype=torch.float64, device=device)
+                sums.index_add_(0, classes[known], pooled[known])
+                counts += torch.bincount(classes[known], minlength=len(names)).to(counts)
+        if sums is None:
+            return
+        strategy = self.trainer.strategy  # type: ignore[attr-defined]
+        sums, counts = strategy.reduce(sums, reduce_op="sum"), strategy.reduce(counts, reduce_op="sum")
+        prototypes.set(sums / counts.clamp_min(1).view(-1, 1))
+        self.category_names = names
+        logger.info("Category prototypes %s for %s.", tuple(prototypes.prototypes.shape), names)
 
     def current_category_index(self) -> CategoryIndex:
         """Category index of the trainer's datamodule (one category for anomalib's own datamodules)."""

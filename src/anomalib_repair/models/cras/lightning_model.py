@@ -30,8 +30,6 @@ from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, SCORE_MODES, C
 
 logger = logging.getLogger(__name__)
 
-CATEGORY_KEY = "anomalib_repair_categories"
-
 
 class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     """CRAS anomaly detection model.
@@ -268,14 +266,3 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         discriminator_optimizer.step()
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(paths))
         return {"loss": loss.detach()}
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also store the category names of the centers."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[CATEGORY_KEY] = list(self.category_names)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the category names of the centers."""
-        super().on_load_checkpoint(checkpoint)
-        self.category_names = list(checkpoint.get(CATEGORY_KEY, []))

@@ -209,13 +209,18 @@ class CrasModel(nn.Module):
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score images: an image score (``image_score``) and a smoothed anomaly map (no category label needed)."""
+        return self.predict(images)[0]
+
+    def predict(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor]:
+        """:meth:`forward`'s outputs and each image's inferred class (the index of its center set)."""
         features, (height, width) = self.embed(images)
         adapted = self.adaptor(features)
         classes = self.infer_classes(adapted)
         centers = self.match_centers(adapted, classes)
         scores = self.score(adapted.flatten(0, 1), centers.flatten(0, 1)).reshape(images.shape[0], 1, height, width)
         anomaly_map = self.anomaly_map_generator(scores, image_size=tuple(images.shape[-2:]))
-        return InferenceBatch(pred_score=self.image_scores(scores, anomaly_map), anomaly_map=anomaly_map)
+        output = InferenceBatch(pred_score=self.image_scores(scores, anomaly_map), anomaly_map=anomaly_map)
+        return output, classes
 
     def image_scores(self, patch_scores: torch.Tensor, anomaly_map: torch.Tensor) -> torch.Tensor:
         """One score per image from its ``(B, 1, h, w)`` patch scores and ``(B, 1, H, W)`` map (``image_score``)."""

@@ -267,6 +267,7 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.normalization = self.input_normalization()
         self.automatic_optimization = False
         self._synthesizer: AnomalySynthesizer | None = None
+        self.category_names: list[str] = []
 
     # ------------------------------------------------------------------ anomalib contract
     def setup(self, stage: str) -> None:
@@ -318,7 +319,12 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         return found if found is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
     def on_train_start(self) -> None:
-        """Build the anomaly synthesiser and warn when the trainer's limits end training before both stages."""
+        """Learn the category prototypes (unless restored), build the synthesiser, warn about too short limits.
+
+        The warning is given when the trainer's limits end training before both stages are done.
+        """
+        if self.model.prototypes.num_categories == 0 and self._trainer is not None:
+            self.fit_category_prototypes(self.model.prototypes, self.model.category_features)
         self._synthesizer = AnomalySynthesizer(
             texture_dir=self.texture_dir,
             texture_probability=self.texture_probability,

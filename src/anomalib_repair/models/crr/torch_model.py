@@ -19,6 +19,7 @@ from torch import nn
 
 from anomalib_repair.components.anomaly_map import top_mean_score
 from anomalib_repair.components.backbone import build_backbone
+from anomalib_repair.components.category_prototypes import CategoryPrototypes, pooled
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 
@@ -333,6 +334,7 @@ class CrrModel(nn.Module):
         self.blur = GaussianBlur2d(kernel_size=(5, 5), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
         self._initialize(self.bottleneck)
         self._initialize(self.decoder)
+        self.prototypes = CategoryPrototypes()  # the category of an image (unified models), set before training
 
     def _default_heads(self, width: int) -> int:
         if self.encoder.tokens:
@@ -425,8 +427,16 @@ class CrrModel(nn.Module):
         return self.segmentation(segmentation_input(encoder_maps, decoder_maps), size)
 
     # ------------------------------------------------------------------ inference
+    def category_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` pooled last encoder tap: what :attr:`prototypes` compares."""
+        return pooled(self.encode(images)[-1])
+
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Fused, smoothed anomaly map and the mean of its top 1 % as image score."""
+        return self.predict(images)[0]
+
+    def predict(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor]:
+        """:meth:`forward`'s outputs and each image's category index (``-1`` when no prototypes are set)."""
         size = (images.shape[-2], images.shape[-1])
         grid = self.encoder.grid(size)
         taps = self.encode(images)
@@ -443,4 +453,5 @@ class CrrModel(nn.Module):
             anomaly_map = self.rec_weight * reconstruction + (1 - self.rec_weight) * segmentation
         if self.blur is not None:
             anomaly_map = self.blur(anomaly_map)
-        return InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
+        output = InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
+        return output, self.prototypes(pooled(taps[-1]))

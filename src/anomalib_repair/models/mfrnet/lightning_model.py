@@ -148,8 +148,14 @@ class MFRNet(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         )
         self.lr = lr
         self.weight_decay = weight_decay
+        self.category_names: list[str] = []
 
     # ------------------------------------------------------------------ anomalib contract
+    def on_train_start(self) -> None:
+        """Learn the category prototypes (exported models infer an image's category from them) unless restored."""
+        if self.model.prototypes.num_categories == 0:
+            self.fit_category_prototypes(self.model.prototypes, self.model.category_features)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW on the restoration network (the backbone is frozen)."""
         return torch.optim.AdamW(self.model.restoration.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -12,6 +12,7 @@ from torch import nn
 
 from anomalib_repair.components.anomaly_map import AnomalyMapGenerator, top_mean_score
 from anomalib_repair.components.backbone import build_backbone
+from anomalib_repair.components.category_prototypes import CategoryPrototypes, pooled
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.mfrnet.loss import HybridLoss, ssim_window
 from anomalib_repair.models.mfrnet.masks import CrossedMaskGenerator
@@ -229,6 +230,7 @@ class MfrnetModel(nn.Module):
             self.aggregator.out_channels, embed_dim, depth, num_heads, mlp_ratio, conv_kernel
         )
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
+        self.prototypes = CategoryPrototypes()  # the category of an image (unified models), set before training
 
     def restore(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Run the ``n`` masked passes as one batch and keep every position from the pass where it was hidden.
@@ -261,11 +263,23 @@ class MfrnetModel(nn.Module):
 
     def score_map(self, images: torch.Tensor) -> torch.Tensor:
         """Per-cell hybrid loss ``(B, 1, H, W)`` under the fixed test masks (deterministic)."""
-        features = self.aggregator(images)
+        return self._score_map_of(self.aggregator(images))
+
+    def _score_map_of(self, features: torch.Tensor) -> torch.Tensor:
         restored = self.restore(features, self.mask_generator.fixed_masks(features.shape[0]))
         return self.loss.score_map(restored, features)
 
+    def category_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` pooled aggregated features: what :attr:`prototypes` compares."""
+        return pooled(self.aggregator(images))
+
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score images: the smoothed, upsampled hybrid-loss map; its maximum (or top share) is the image score."""
-        anomaly_map = self.anomaly_map_generator(self.score_map(images), image_size=tuple(images.shape[-2:]))
-        return InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
+        return self.predict(images)[0]
+
+    def predict(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor]:
+        """:meth:`forward`'s outputs and each image's category index (``-1`` when no prototypes are set)."""
+        features = self.aggregator(images)
+        anomaly_map = self.anomaly_map_generator(self._score_map_of(features), image_size=tuple(images.shape[-2:]))
+        output = InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
+        return output, self.prototypes(pooled(features))
