@@ -66,8 +66,9 @@ def test_float_images_that_are_not_8_bit_are_kept_exactly():
 def test_datamodule_training_loader_reads_through_one_cache(demo_root):
     datamodule = _datamodule(demo_root, cache_images=True)
     batches = [batch.image for batch in datamodule.train_dataloader()]
-    assert isinstance(datamodule.train_dataloader().dataset, DecodedImageCache)
-    assert datamodule.train_dataloader().dataset is datamodule.train_dataloader().dataset
+    read = datamodule.train_dataloader().dataset  # CheckedItems (decode errors named) over the cache
+    assert isinstance(read.dataset, DecodedImageCache)
+    assert read.dataset is datamodule.train_dataloader().dataset.dataset
     assert datamodule._image_cache.cached_items == len(datamodule.train_data)
     plain = _datamodule(demo_root)
     expected = [batch.image for batch in plain.train_dataloader()]
