@@ -112,15 +112,8 @@ class PerCategoryPostProcessor(PostProcessor):
         children = dict(self.categories.items())
         processors: list[Any] = [children.get(module_key(name), self) for name in names]
         processors.append(self)
-        fields = {
-            "image_min": lambda p: p.image_min,
-            "image_max": lambda p: p.image_max,
-            "image_threshold": lambda p: p.image_threshold,
-            "pixel_min": lambda p: p.pixel_min,
-            "pixel_max": lambda p: p.pixel_max,
-            "pixel_threshold": lambda p: p.pixel_threshold,
-        }
-        return {key: torch.stack([read(p).reshape(()).float() for p in processors]) for key, read in fields.items()}
+        fields = ("image_min", "image_max", "image_threshold", "pixel_min", "pixel_max", "pixel_threshold")
+        return {key: torch.stack([getattr(p, key).reshape(()).float() for p in processors]) for key in fields}
 
     def forward_for_categories(
         self, predictions: InferenceBatch, categories: torch.Tensor, names: list[str]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,7 +371,6 @@ class RepairModuleMixin:
             )
             checkpoint["state_dict"] = dict(self.state_dict())  # type: ignore[attr-defined]
             checkpoint.pop("callbacks", None)  # the post-processor's stale normalisation statistics too
-            checkpoint[CATEGORY_KEY] = list(getattr(self, "category_names", []))
             self._resumed_fit_from = None
         elif trainer is not None:
             path = getattr(trainer, "ckpt_path", None)
@@ -381,7 +380,7 @@ class RepairModuleMixin:
                 datamodule = getattr(trainer, "datamodule", None)
                 if datamodule is not None:
                     datamodule.setup(trainer.state.fn)
-        self.category_names = list(checkpoint.get(CATEGORY_KEY, []))
+        self.category_names = list(checkpoint.get(CATEGORY_KEY, []))  # a resumed fit's file has the same names
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -390,30 +389,53 @@ class RepairModuleMixin:
         checkpoint[CATEGORY_KEY] = list(getattr(self, "category_names", []))
 
     @torch.no_grad()
-    def fit_category_prototypes(self, prototypes: CategoryPrototypes, features: Any) -> None:
+    def sum_per_category(
+        self,
+        features: Callable[[torch.Tensor, Any], torch.Tensor],
+        classes_of: Callable[[Any], torch.Tensor],
+        num_categories: int,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Per-category sums (float64) and image counts of ``features(images, batch)`` over the training images.
+
+        One pass over this rank's training data (:meth:`iterate_training_images`), summed over ranks under DDP;
+        ``classes_of(batch)`` gives each image's category index (negative: left out). The sums are ``None`` when
+        this rank has no training image.
+        """
+        device = self.device  # type: ignore[attr-defined]
+        sums: torch.Tensor | None = None
+        counts = torch.zeros(num_categories, dtype=torch.float64, device=device)
+        for images, batch in self.iterate_training_images():
+            values = features(images, batch).double()
+            classes = classes_of(batch)
+            known = classes >= 0
+            if sums is None:
+                sums = torch.zeros(num_categories, *values.shape[1:], dtype=torch.float64, device=device)
+            sums.index_add_(0, classes[known], values[known])
+            counts += torch.bincount(classes[known], minlength=num_categories).to(counts)
+        if sums is None:
+            return None, counts
+        strategy = self.trainer.strategy  # type: ignore[attr-defined]
+        return strategy.reduce(sums, reduce_op="sum"), strategy.reduce(counts, reduce_op="sum")
+
+    def fit_category_prototypes(
+        self, prototypes: CategoryPrototypes, features: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
         """Per-category mean of ``features(images)`` over the training images, into ``prototypes``.
 
-        One pass over this rank's training data (reduced over ranks under DDP); sets :attr:`category_names`. The
-        global random stream is left as it was, so the training that follows draws what it drew without this pass.
+        Sets :attr:`category_names`. The global random stream is left as it was, so the training that follows draws
+        what it drew without this pass.
         """
         index = self.current_category_index()
         names = list(index.names)
         device = self.device  # type: ignore[attr-defined]
-        sums: torch.Tensor | None = None
-        counts = torch.zeros(len(names), dtype=torch.float64, device=device)
         with torch.random.fork_rng(devices=[]):
-            for images, batch in self.iterate_training_images():
-                pooled = features(images).double()
-                classes = batch_category_indices(batch, index, device=device)
-                known = classes >= 0
-                if sums is None:
-                    sums = torch.zeros(len(names), pooled.shape[1], dtype=torch.float64, device=device)
-                sums.index_add_(0, classes[known], pooled[known])
-                counts += torch.bincount(classes[known], minlength=len(names)).to(counts)
+            sums, counts = self.sum_per_category(
+                lambda images, _batch: features(images),
+                lambda batch: batch_category_indices(batch, index, device=device),
+                len(names),
+            )
         if sums is None:
             return
-        strategy = self.trainer.strategy  # type: ignore[attr-defined]
-        sums, counts = strategy.reduce(sums, reduce_op="sum"), strategy.reduce(counts, reduce_op="sum")
         prototypes.set(sums / counts.clamp_min(1).view(-1, 1))
         self.category_names = names
         logger.info("Category prototypes %s for %s.", tuple(prototypes.prototypes.shape), names)

@@ -194,24 +194,15 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.model.set_centers(self._compute_centers(len(self.category_names)))
         logger.info("CRAS centers: %s for categories %s.", tuple(self.model.centers.shape), self.category_names)
 
-    @torch.no_grad()
     def _compute_centers(self, num_classes: int) -> torch.Tensor:
-        assert self._category_index is not None
-        sums: torch.Tensor | None = None
-        counts = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
-        for images, batch in self.iterate_training_images():
-            features = self.model.training_features(images, batch_inputs(batch)[1])
-            adapted = self.model.adaptor(features).double()
-            classes = self._classes(batch)
-            if sums is None:
-                sums = torch.zeros(num_classes, *adapted.shape[1:], dtype=torch.float64, device=self.device)
-            sums.index_add_(0, classes, adapted)
-            counts += torch.bincount(classes, minlength=num_classes).to(counts)
+        sums, counts = self.sum_per_category(
+            lambda images, batch: self.model.adaptor(self.model.training_features(images, batch_inputs(batch)[1])),
+            self._classes,
+            num_classes,
+        )
         if sums is None:
             msg = "The training set is empty: CRAS needs normal training images to compute its class centers."
             raise BadInputError(msg)
-        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         if (counts == 0).any():
             missing = [name for name, count in zip(self.category_names, counts.tolist(), strict=True) if count == 0]
             msg = f"No training images for categories {missing}: CRAS needs normal images of every category."

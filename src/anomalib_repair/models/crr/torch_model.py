@@ -433,10 +433,14 @@ class CrrModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Fused, smoothed anomaly map and the mean of its top 1 % as image score."""
-        return self.predict(images)[0]
+        return self._score(images)[0]
 
     def predict(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor]:
         """:meth:`forward`'s outputs and each image's category index (``-1`` when no prototypes are set)."""
+        output, taps = self._score(images)
+        return output, self.prototypes(pooled(taps[-1]))
+
+    def _score(self, images: torch.Tensor) -> tuple[InferenceBatch, list[torch.Tensor]]:
         size = (images.shape[-2], images.shape[-1])
         grid = self.encoder.grid(size)
         taps = self.encode(images)
@@ -453,5 +457,4 @@ class CrrModel(nn.Module):
             anomaly_map = self.rec_weight * reconstruction + (1 - self.rec_weight) * segmentation
         if self.blur is not None:
             anomaly_map = self.blur(anomaly_map)
-        output = InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
-        return output, self.prototypes(pooled(taps[-1]))
+        return InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map), taps

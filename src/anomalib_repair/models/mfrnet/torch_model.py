@@ -275,11 +275,14 @@ class MfrnetModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score images: the smoothed, upsampled hybrid-loss map; its maximum (or top share) is the image score."""
-        return self.predict(images)[0]
+        return self._score(images)[0]
 
     def predict(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor]:
         """:meth:`forward`'s outputs and each image's category index (``-1`` when no prototypes are set)."""
+        output, features = self._score(images)
+        return output, self.prototypes(pooled(features))
+
+    def _score(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor]:
         features = self.aggregator(images)
         anomaly_map = self.anomaly_map_generator(self._score_map_of(features), image_size=tuple(images.shape[-2:]))
-        output = InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map)
-        return output, self.prototypes(pooled(features))
+        return InferenceBatch(pred_score=top_mean_score(anomaly_map, self.top_ratio), anomaly_map=anomaly_map), features
