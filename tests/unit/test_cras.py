@@ -60,10 +60,11 @@ def test_wrn_patch_grid_is_36_by_36_with_1536_dims():
     assert features.shape == (1, 1296, 1536)
 
 
-def test_patch_aggregator_matches_a_direct_computation():
+@pytest.mark.parametrize("in_channels", [None, (4, 8)], ids=["by-unfolding", "as-convolutions"])
+def test_patch_aggregator_matches_a_direct_computation(in_channels):
     torch.manual_seed(0)
     fine, coarse = torch.rand(1, 4, 6, 6), torch.rand(1, 8, 3, 3)
-    out = PatchAggregator(pool_dim=12)([fine, coarse])
+    out = PatchAggregator(pool_dim=12, in_channels=in_channels)([fine, coarse])
     # Position (2, 3) by hand: each layer's 3×3 neighbourhoods (zero padded), coarse ones upsampled first.
     fine_patches = F.unfold(fine, 3, padding=1).reshape(1, -1, 6, 6)[0, :, 2, 3]
     coarse_patches = F.interpolate(F.unfold(coarse, 3, padding=1).reshape(1, -1, 3, 3), size=(6, 6), mode="bilinear")
@@ -71,6 +72,26 @@ def test_patch_aggregator_matches_a_direct_computation():
     pooled = [F.adaptive_avg_pool1d(v.view(1, 1, -1), 12).flatten() for v in (fine_patches, coarse_patch)]
     expected = F.adaptive_avg_pool1d(torch.cat(pooled).view(1, 1, -1), 12).flatten()
     torch.testing.assert_close(out[0, 2 * 6 + 3], expected)
+
+
+@pytest.mark.parametrize(
+    ("channels", "sizes", "dim"),
+    [
+        ((40, 112), (16, 8), 384),
+        ((40, 112), (15, 8), 384),
+        ((24, 40, 112), (32, 16, 8), 128),
+        ((512, 1024), (9, 5), 1536),
+    ],
+)
+def test_patch_aggregator_convolutions_equal_the_unfolding_path(channels, sizes, dim):
+    """The fused path (one convolution per layer) gives the literal path's vectors, any widths, grids and sizes."""
+    generator = torch.Generator().manual_seed(0)
+    aggregator = PatchAggregator(pool_dim=dim, in_channels=channels)
+    features = [3 * torch.randn(2, c, s, s + 1, generator=generator) for c, s in zip(channels, sizes, strict=True)]
+    torch.testing.assert_close(aggregator(features), aggregator.by_unfolding(features), atol=1e-5, rtol=1e-5)
+    assert not any(key.startswith("kernel") for key in aggregator.state_dict())  # checkpoints keep their keys
+    other = [torch.randn(1, c + 1, s, s) for c, s in zip(channels, sizes, strict=True)]  # other widths: unfolding
+    torch.testing.assert_close(aggregator(other), aggregator.by_unfolding(other))
 
 
 def _small_model(num_classes: int = 2, dim: int = 64) -> CrasModel:

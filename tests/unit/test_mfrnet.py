@@ -13,6 +13,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from anomalib_repair import MFRNet
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.mfrnet import CrossedMaskGenerator, HybridLoss, MfrnetModel
+from anomalib_repair.models.mfrnet.loss import ssim_window
 from anomalib_repair.models.mfrnet.masks import blocks_to_cells, diagonal_assignment, random_assignment
 
 LITE = {"backbone": "tf_efficientnet_lite0.pypi", "layers": ["blocks.1", "blocks.2", "blocks.4"]}
@@ -253,17 +254,31 @@ def test_one_mask_training_counts_only_the_hidden_cells():
         _small_model(train_masks="half")
 
 
-def test_export_ssim_path_equals_the_training_path() -> None:
-    """While exporting, the SSIM map comes from kornia (dynamic batch); it must equal torchmetrics' map."""
-    loss = HybridLoss()
+@pytest.mark.parametrize(("sigma", "size"), [(1.5, (12, 12)), (1.5, (16, 24)), (2.0, (20, 20)), (1.5, (6, 6))])
+def test_ssim_map_equals_torchmetrics_full_image_map(sigma, size) -> None:
+    """The matrix-filtered SSIM map is torchmetrics' (the old path) to float rounding, any sigma and map size."""
+    loss = HybridLoss(ssim_sigma=sigma)
     generator = torch.Generator().manual_seed(0)
-    restored = torch.randn(3, 8, 12, 12, generator=generator)
-    target = restored + 0.3 * torch.randn(3, 8, 12, 12, generator=generator)
-    torch.testing.assert_close(
-        loss._ssim_for_export(restored, target), loss.ssim_map(restored, target), atol=1e-5, rtol=0
+    restored = torch.randn(3, 8, *size, generator=generator)
+    target = restored + 0.3 * torch.randn(3, 8, *size, generator=generator)
+    if min(size) <= ssim_window(sigma) // 2:  # torchmetrics' reflect padding needs the map wider than the radius
+        assert torch.isfinite(loss.ssim_map(restored, target)).all()
+        return
+    _, expected = structural_similarity_index_measure(
+        restored, target, gaussian_kernel=True, sigma=sigma, data_range=6.0, reduction="none", return_full_image=True
     )
-    with pytest.raises(BadInputError, match="ssim_sigma"):
-        HybridLoss(ssim_sigma=2.0)._ssim_for_export(restored, target)
+    torch.testing.assert_close(loss.ssim_map(restored, target), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_restore_combines_the_masked_passes_as_separate_passes_would() -> None:
+    """One projection in and out for the n passes (they partition the grid): equal to n full passes combined."""
+    model = _small_model().eval()
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, model.aggregator.out_channels, *model.mask_generator.grid_size, generator=generator)
+    for masks in (model.mask_generator.fixed_masks(2), model.mask_generator.random_masks(2, generator=generator)):
+        separate = sum(model.restoration(features, mask) * mask for mask in masks)
+        with torch.no_grad():
+            torch.testing.assert_close(model.restore(features, masks), separate, atol=1e-5, rtol=1e-5)
 
 
 def test_hybrid_block_attention_is_standard_multi_head_attention_and_keeps_its_state_dict_keys():

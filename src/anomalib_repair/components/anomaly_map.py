@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
+
+from anomalib_repair.components.gaussian_filter import MatrixGaussianBlur2d
 
 
 class AnomalyMapGenerator(nn.Module):
     """Upsample ``(B, 1, h, w)`` scores bilinearly to the input size and apply a Gaussian blur.
+
+    The blur is anomalib's ``GaussianBlur2d`` (reflected borders) computed as two matrix products
+    (:class:`~anomalib_repair.components.gaussian_filter.MatrixGaussianBlur2d`): same kernel, same numbers to float
+    rounding, several times faster for the 33 × 33 window of σ = 4.
 
     Args:
         sigma: Standard deviation of the Gaussian (4 in all three papers).
@@ -19,7 +24,9 @@ class AnomalyMapGenerator(nn.Module):
     def __init__(self, sigma: float = 4.0, kernel_size: int | None = None) -> None:
         super().__init__()
         size = kernel_size or 2 * int(4 * sigma + 0.5) + 1
-        self.blur = GaussianBlur2d(kernel_size=(size, size), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
+        self.blur = (
+            MatrixGaussianBlur2d(kernel_size=(size, size), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
+        )
 
     def forward(self, scores: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Return the ``(B, 1, H, W)`` anomaly map."""

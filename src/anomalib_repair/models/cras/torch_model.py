@@ -107,7 +107,9 @@ class CrasModel(nn.Module):
         self.image_score = image_score
         self.top_ratio = top_ratio
         self.backbone = build_backbone(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
-        self.aggregator = PatchAggregator(pool_dim=embed_dim, patch_size=patch_size)
+        self.aggregator = PatchAggregator(
+            pool_dim=embed_dim, patch_size=patch_size, in_channels=self.backbone.out_channels
+        )
         self.adaptor = nn.Linear(embed_dim, embed_dim)
         _xavier_linear(self.adaptor)
         self.discriminator = ResidualDiscriminator(embed_dim)

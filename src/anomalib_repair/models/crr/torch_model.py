@@ -12,7 +12,6 @@ from typing import cast
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
-from anomalib.models.components import GaussianBlur2d
 from anomalib.models.image.dinomaly.components import DinomalyMLP, LinearAttention
 from timm.layers import trunc_normal_
 from torch import nn
@@ -20,6 +19,7 @@ from torch import nn
 from anomalib_repair.components.anomaly_map import top_mean_score
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.components.category_prototypes import CategoryPrototypes, pooled
+from anomalib_repair.components.gaussian_filter import MatrixGaussianBlur2d
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
 
@@ -331,7 +331,7 @@ class CrrModel(nn.Module):
             reference_segmentation_init(self.segmentation)
         self.rec_weight = rec_weight
         self.top_ratio = top_ratio
-        self.blur = GaussianBlur2d(kernel_size=(5, 5), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
+        self.blur = MatrixGaussianBlur2d(kernel_size=(5, 5), sigma=(sigma, sigma), channels=1) if sigma > 0 else None
         self._initialize(self.bottleneck)
         self._initialize(self.decoder)
         self.prototypes = CategoryPrototypes()  # the category of an image (unified models), set before training

@@ -1,21 +1,20 @@
 """MFRNet's hybrid loss: a pixel term plus ``1 − SSIM``, per feature-map position.
 
 The same per-position map is the training loss (its mean) and the anomaly score (before upsampling). SSIM is
-torchmetrics' ``structural_similarity_index_measure`` with a Gaussian window (``return_full_image=True`` gives
-the per-channel SSIM at every position; torchmetrics reflect-pads the borders, so the map has the input's size).
+the Gaussian-window SSIM map of torchmetrics' ``structural_similarity_index_measure(..., return_full_image=True)``
+(per channel, at every position, reflected borders, the map the size of the input), computed with the window as
+two matrix products: torchmetrics' grouped 2-D convolution of the stacked moments cost more than MFRNet's whole
+restoration network at inference and froze the batch size of exported graphs (tests compare the two).
 """
 
 from __future__ import annotations
 
-import kornia
 import torch
+from kornia.filters import get_gaussian_kernel1d
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
-from anomalib_repair.components.tracing import is_exporting
+from anomalib_repair.components.gaussian_filter import MatrixGaussianFilter
 from anomalib_repair.errors import BadInputError
-
-KORNIA_SSIM_SIGMA = 1.5
 
 PIXEL_LOSSES = ("l2", "l1")
 
@@ -62,37 +61,25 @@ class HybridLoss(nn.Module):
         self.ssim_weight = ssim_weight
         self.ssim_sigma = ssim_sigma
         self.ssim_data_range = ssim_data_range
+        self.window = MatrixGaussianFilter(get_gaussian_kernel1d(ssim_window(ssim_sigma), ssim_sigma).flatten())
 
     def ssim_map(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-channel SSIM at every position, ``(B, C, H, W)``."""
-        if is_exporting():
-            return self._ssim_for_export(restored, target)
-        return self._ssim_full(restored, target)
+        """Per-channel SSIM at every position, ``(B, C, H, W)``: torchmetrics' Gaussian-window SSIM map.
 
-    def _ssim_for_export(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Kornia's SSIM map: the same Gaussian-window SSIM (equal to torchmetrics' within 2e-6, tested).
-
-        torchmetrics stacks the five SSIM moments on the batch axis and splits them by the batch size, which freezes
-        the batch size of an exported graph; kornia filters each moment separately. Its window has σ = 1.5.
+        The five local moments are filtered by :attr:`window` (two matrix products, reflected borders: what
+        torchmetrics' grouped 2-D convolution of the reflect-padded maps computes, equal to float rounding, tested)
+        with the moments stacked on the channel axis, so the batch stays dynamic in exported graphs.
         """
-        if self.ssim_sigma != KORNIA_SSIM_SIGMA:
-            msg = f"Export needs ssim_sigma={KORNIA_SSIM_SIGMA} (kornia's fixed SSIM window), got {self.ssim_sigma}."
-            raise BadInputError(msg)
-        return kornia.metrics.ssim(
-            restored, target, ssim_window(self.ssim_sigma), max_val=self.ssim_data_range, padding="same"
-        )
-
-    def _ssim_full(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _, full = structural_similarity_index_measure(
-            restored,
-            target,
-            gaussian_kernel=True,
-            sigma=self.ssim_sigma,
-            data_range=self.ssim_data_range,
-            reduction="none",
-            return_full_image=True,
-        )
-        return full
+        channels = restored.shape[1]
+        stacked = torch.cat([restored, target, restored * restored, target * target, restored * target], dim=1)
+        mu_x, mu_y, xx, yy, xy = self.window(stacked).split(channels, dim=1)
+        c1 = (0.01 * self.ssim_data_range) ** 2
+        c2 = (0.03 * self.ssim_data_range) ** 2
+        mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+        var_x = (xx - mu_xx).clamp_min(0.0)
+        var_y = (yy - mu_yy).clamp_min(0.0)
+        covariance = xy - mu_xy
+        return ((2 * mu_xy + c1) * (2 * covariance + c2)) / ((mu_xx + mu_yy + c1) * (var_x + var_y + c2))
 
     def score_map(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The per-position hybrid loss, ``(B, 1, H, W)`` (mean over channels)."""

@@ -153,6 +153,20 @@ class RestorationNetwork(nn.Module):
         embedded = self.project_in(features) * (1.0 - mask) + self.mask_token * mask
         return self.project_out(self.norm_out(self.blocks(embedded)))
 
+    def restore_partition(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Restore ``(B, C, H, W)`` features under ``(n, B, 1, H, W)`` masks that partition the grid, and combine.
+
+        Every position comes from the pass in which it was hidden: ``Σᵢ mᵢ · forward(features, mᵢ)``. The 1×1
+        projections act per position, so the input projection is computed once for the ``n`` passes and the
+        output projection once, on the normalised passes combined by their masks (the masks sum to one); only
+        the hybrid blocks and the normalisation, which see the whole map, run ``n`` times.
+        """
+        n, batch = masks.shape[:2]
+        projected = self.project_in(features).unsqueeze(0)  # (1, B, D, H, W)
+        embedded = projected * (1.0 - masks) + self.mask_token * masks  # (n, B, D, H, W)
+        hidden = self.norm_out(self.blocks(embedded.flatten(0, 1))).unflatten(0, (n, batch))
+        return self.project_out((hidden * masks).sum(dim=0))
+
 
 class MfrnetModel(nn.Module):
     """MFRNet network.
@@ -235,6 +249,8 @@ class MfrnetModel(nn.Module):
     def restore(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Run the ``n`` masked passes as one batch and keep every position from the pass where it was hidden.
 
+        (:meth:`RestorationNetwork.restore_partition`: the per-position projections run once for all passes.)
+
         Args:
             features: ``(B, C, H, W)`` aggregated features.
             masks: ``(n, B, 1, H, W)`` complementary masks (they sum to 1 at every position).
@@ -242,10 +258,7 @@ class MfrnetModel(nn.Module):
         Returns:
             The combined ``(B, C, H, W)`` restoration.
         """
-        n, batch = masks.shape[:2]
-        repeated = features.unsqueeze(0).expand(n, -1, -1, -1, -1).flatten(0, 1)
-        restored = self.restoration(repeated, masks.flatten(0, 1)).unflatten(0, (n, batch))
-        return (restored * masks).sum(dim=0)
+        return self.restoration.restore_partition(features, masks)
 
     def training_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Hybrid loss under a random complete set of masks per image (see ``train_masks``)."""
