@@ -92,6 +92,15 @@ def reliability(session: nox.Session) -> None:
 
 
 @nox.session
+def inference(session: nox.Session) -> None:
+    """Record where inference time goes and each model's ratio to its backbone, in PyTorch and exported (issue 19)."""
+    _install(session)
+    env = {"PYTHONPATH": "src"}
+    session.run(PYTHON, "benchmarks/inference_profile.py", *session.posargs, external=True, env=env)
+    session.run(PYTHON, "benchmarks/export_latency.py", "--sizes", "128", "256", external=True, env=env)
+
+
+@nox.session
 def scaling(session: nox.Session) -> None:
     """Record how training time and memory grow with categories, and the model-specific scaling/ablation runs."""
     _install(session)

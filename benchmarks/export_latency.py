@@ -14,7 +14,7 @@ the datamodule does), the largest absolute difference between the torch model's 
 PyTorch) and each runtime, for the image scores and the anomaly maps (both normalised by the post-processor, so
 in [0, 1]).
 
-Writes ``benchmarks/results/export_latency/{results.csv,agreement.csv,results.md,meta.json}``; flags every
+Writes ``benchmarks/results/export_latency/{results.csv,agreement.csv,results.md,results.json}``; flags every
 ratio above 1.5.
 
     PYTHONPATH=src python benchmarks/export_latency.py                      # all models, 128 px
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if agreeing:
         write_csv(args.output / "agreement.csv", agreeing)
     (args.output / "results.md").write_text(render(timing, agreeing, meta))
-    (args.output / "meta.json").write_text(json.dumps(meta, indent=2))
+    (args.output / "results.json").write_text(json.dumps({"meta": meta}, indent=2))
     for row in timing:
         if row["above_target"]:
             print(f"ABOVE {TARGET}x: {row['method']} {row['image_size']}px {row['runtime']} b{row['batch']}")

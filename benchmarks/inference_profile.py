@@ -16,7 +16,11 @@ For every model, input size (128, 256) and batch (1, 32):
   maps, ...) is ``other``;
 - the **top operators** of ``torch.profiler`` (self CPU time) for the whole forward at batch 32.
 
-Writes ``benchmarks/results/inference_profile/{results.csv,stages.csv,operators.md,results.md}``.
+- **peak memory** (RSS) of one forward at the largest batch, the model and its backbone alone each in a fresh
+  (spawned) process.
+
+Writes ``results.csv``, ``stages.csv``, ``memory.csv``, ``operators.md``, ``results.md`` and ``results.json`` (the
+command) to ``benchmarks/results/inference_profile/``.
 
     PYTHONPATH=src python benchmarks/inference_profile.py                       # all models, 128 and 256 px
     PYTHONPATH=src python benchmarks/inference_profile.py --methods cras --sizes 128 --runs 5
@@ -81,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--no-operators", action="store_true", help="skip the torch.profiler operator tables")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurements (fresh processes)")
     return parser.parse_args(argv)
 
 
@@ -279,6 +284,56 @@ def measure(method: str, size: int, batches: list[int], runs: int, settings: Any
     return timing_rows, stage_rows, operators
 
 
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MiB (``/proc/self/statm``)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory since the last :func:`reset_peak_rss` (``VmHWM`` of ``/proc/self/status``), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-RSS count again from the current RSS (Linux ``clear_refs`` 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_of(method: str, size: int, batch: int, floor_only: bool) -> dict[str, float]:
+    """In a fresh process: RSS after building, and the peak RSS during one forward at ``batch`` (MiB).
+
+    ``floor_only`` runs the model's backbone alone instead (built the same way).
+    """
+    torch.manual_seed(0)
+    with quiet():
+        network, floor = build_network(method, size)
+    call = floor if floor_only else forward(method, network)
+    images = torch.rand(batch, 3, size, size) * 2 - 1
+    built = current_rss_mb()
+    reset_peak_rss()
+    with torch.inference_mode():
+        call(images)
+    peak = peak_rss_mb()
+    return {"rss_built_mb": round(built, 1), "peak_rss_mb": round(peak, 1), "forward_mb": round(peak - built, 1)}
+
+
+def memory_rows(method: str, size: int, batch: int) -> list[dict[str, Any]]:
+    """Peak inference memory of the model and of its backbone alone, each in a spawned process of its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows = []
+    for part in ("model", "backbone"):
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            measured = pool.submit(memory_of, method, size, batch, part == "backbone").result()
+        rows.append({"method": method, "image_size": size, "batch": batch, "part": part, **measured})
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write ``rows`` (dicts with the same keys) to ``path``."""
     with path.open("w", newline="") as handle:
@@ -287,7 +342,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def render(timing: list[dict], stages: list[dict], meta: dict[str, Any]) -> str:
+def render(timing: list[dict], stages: list[dict], meta: dict[str, Any], memory: list[dict]) -> str:
     """``results.md``: the ratio table and, per model and size, the stage breakdown at batch 1 and 32."""
     lines = [
         "# Inference profile: each model against its own backbone (CPU)",
@@ -310,6 +365,16 @@ def render(timing: list[dict], stages: list[dict], meta: dict[str, Any]) -> str:
         lines.append(f"| {row['method']} | {row['image_size']} | {row['batch']} | {row['ms_per_image']:.2f} | "
                      f"{row['backbone_ms_per_image']:.2f} | {ratio} | {row['gflops']:.3f} | "
                      f"{row['x_backbone_flops']:.2f} |")  # fmt: skip
+    if memory:
+        lines += ["", "## Memory (RSS, MiB; one forward in a fresh process, peak counted from after the build)", "",
+                  "| model | size | batch | after build | peak | forward adds | backbone alone: forward adds |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in (r for r in memory if r["part"] == "model"):
+            floor = next(r for r in memory if r["part"] == "backbone" and r["method"] == row["method"]
+                         and r["image_size"] == row["image_size"])  # fmt: skip
+            cells = (row["rss_built_mb"], row["peak_rss_mb"], row["forward_mb"], floor["forward_mb"])
+            lines.append(f"| {row['method']} | {row['image_size']} | {row['batch']} | "
+                         + " | ".join(f"{value:.0f}" for value in cells) + " |")  # fmt: skip
     lines += ["", "## Stages (ms/image, share of the forward)", ""]
     keys = sorted({(r["method"], r["image_size"]) for r in stages}, key=lambda k: (METHODS.index(k[0]), k[1]))
     for method, size in keys:
@@ -343,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "command": "PYTHONPATH=src python benchmarks/inference_profile.py " + " ".join(argv or sys.argv[1:]),
     }
-    timing, stages, operators = [], [], []
+    timing, stages, operators, memory = [], [], [], []
     with quiet():
         for method in args.methods:
             for size in args.sizes:
@@ -351,16 +416,20 @@ def main(argv: list[str] | None = None) -> int:
                 timing += rows
                 stages += stage_rows
                 print(*(f"{r['method']} {r['image_size']}px b{r['batch']}: {r['x_backbone']:.2f}x" for r in rows))
+                if not args.no_memory:
+                    memory += memory_rows(method, size, max(args.batches))
                 if table and not args.no_operators:
                     operators.append(f"## {method}, {size} px, batch {max(args.batches)}\n\n```\n{table}\n```\n")
     meta["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     write_csv(args.output / "results.csv", timing)
     write_csv(args.output / "stages.csv", stages)
+    if memory:
+        write_csv(args.output / "memory.csv", memory)
     (args.output / "operators.md").write_text(
         "# torch.profiler: top operators by self CPU time\n\n" + "\n".join(operators)
     )
-    (args.output / "results.md").write_text(render(timing, stages, meta))
-    (args.output / "meta.json").write_text(json.dumps(meta, indent=2))
+    (args.output / "results.md").write_text(render(timing, stages, meta, memory))
+    (args.output / "results.json").write_text(json.dumps({"meta": meta}, indent=2))
     flagged = [r for r in timing if r["above_target"]]
     for row in flagged:
         print(f"ABOVE {TARGET}x: {row['method']} {row['image_size']}px batch {row['batch']}: {row['x_backbone']:.2f}x")

@@ -66,6 +66,18 @@ LABELS = {
     "score_mode": "score",
     "image_score": "image score",
     "image_cache": "decoded images kept",
+    "batch": "batch",
+    "ms_per_image": "ms/img",
+    "backbone_ms_per_image": "backbone ms/img",
+    "x_backbone": "× backbone",
+    "x_backbone_flops": "× backbone FLOPs",
+    "gflops": "GFLOP/img",
+    "backbone_gflops": "backbone GFLOP/img",
+    "max_abs_score": "max |Δ score|",
+    "max_abs_map": "max |Δ map|",
+    "labels_equal": "labels equal",
+    "rss_built_mb": "RSS after build MB",
+    "forward_mb": "forward adds MB",
 }
 
 
@@ -91,17 +103,18 @@ def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]], list[str] | None]
 
 
 def _cell(value: str, column: str) -> str:
-    """Metrics (``image_*``, ``pixel_*``, spreads, ratios) and numbers below 1 to 3 decimals; ``x_*`` to 2; ``*_pct``
-    and other numbers to 1 decimal, whole above 100; text as is."""
+    """Metrics (``image_*``, ``pixel_*``, spreads, ratios) and numbers below 1 to 3 decimals; ``x_*`` to 2, ``max_abs*``
+    in scientific notation; ``*_pct`` and other numbers to 1 decimal, whole above 100; text as is."""
     try:
         number = float(value)
     except ValueError:
         return value
     metric = column.startswith(("image_", "pixel_", "seed_spread_", "ddp_diff_")) and column != "image_size"
+    fixed = {"max_abs": ".1e", "x_": ".2f"}  # differences near float rounding; ratios
     if metric or column.endswith("ratio"):
         return f"{number:.3f}"
-    if column.startswith("x_"):
-        return f"{number:.2f}"
+    if column.startswith(tuple(fixed)):
+        return format(number, next(spec for prefix, spec in fixed.items() if column.startswith(prefix)))
     if number.is_integer() and "." not in value:
         return value
     if abs(number) < 1 and not column.endswith("_pct"):

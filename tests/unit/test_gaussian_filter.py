@@ -9,6 +9,7 @@ from anomalib.models.components import GaussianBlur2d
 
 from anomalib_repair.components.anomaly_map import AnomalyMapGenerator
 from anomalib_repair.components.gaussian_filter import MatrixGaussianBlur2d, MatrixGaussianFilter, reflect_filter_matrix
+from anomalib_repair.models.mfrnet.loss import HybridLoss
 
 
 @pytest.mark.parametrize(("kernel", "sigma"), [(33, 4.0), (5, 4.0), (9, 1.0)])
@@ -74,3 +75,16 @@ def test_a_filter_traced_first_exports_its_matrices_as_constants(tmp_path):
     (exported,) = compiled([maps.numpy()]).values()
     old = GaussianBlur2d(kernel_size=(11, 11), sigma=(1.5, 1.5), channels=1)
     torch.testing.assert_close(torch.from_numpy(exported), old(maps), atol=1e-5, rtol=1e-5)
+
+
+def test_blur_and_ssim_window_built_on_the_meta_device_keep_their_taps():
+    # Models are built on the meta device to count parameters; the taps must still be the real kernel's.
+    reference = MatrixGaussianBlur2d(sigma=(4.0, 4.0), channels=1)
+    with torch.device("meta"):
+        blur = MatrixGaussianBlur2d(sigma=(4.0, 4.0), channels=1)
+        loss = HybridLoss()
+    assert blur.kernel.is_meta
+    assert blur.filter.kernel_y == pytest.approx(reference.filter.kernel_y)
+    assert sum(loss.window.kernel_y) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="meta"):
+        MatrixGaussianFilter(torch.ones(3, device="meta"))

@@ -55,18 +55,33 @@ def reflect_filter_matrix(kernel: Sequence[float], length: int) -> torch.Tensor:
     return torch.from_numpy(matrix)
 
 
+def _taps(kernel: torch.Tensor | Sequence[float]) -> list[float]:
+    """A 1-D kernel as a list of floats."""
+    if isinstance(kernel, torch.Tensor):
+        if kernel.is_meta:
+            msg = "MatrixGaussianFilter needs the kernel's values; build it on the CPU, not on the 'meta' device."
+            raise ValueError(msg)
+        return [float(value) for value in kernel.detach().cpu().flatten().tolist()]
+    return [float(value) for value in kernel]
+
+
 class MatrixGaussianFilter(nn.Module):
     """Filter the last two axes of a tensor with 1-D kernels and reflected borders, as ``A_h · X · A_wᵀ``.
 
+    The taps are kept as plain numbers (not buffers): the matrices are built from them on first use, so a model
+    constructed on the ``meta`` device (to count parameters) or moved later still filters with the right kernel.
+
     Args:
-        kernel_y: 1-D kernel along ``H`` (odd size).
+        kernel_y: 1-D kernel along ``H`` (odd size): numbers, or a tensor that holds data (not ``meta``).
         kernel_x: 1-D kernel along ``W``; default ``kernel_y``.
     """
 
-    def __init__(self, kernel_y: torch.Tensor, kernel_x: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, kernel_y: torch.Tensor | Sequence[float], kernel_x: torch.Tensor | Sequence[float] | None = None
+    ) -> None:
         super().__init__()
-        self.kernel_y = [float(value) for value in kernel_y.detach().flatten().tolist()]
-        self.kernel_x = self.kernel_y if kernel_x is None else [float(v) for v in kernel_x.detach().flatten().tolist()]
+        self.kernel_y = _taps(kernel_y)
+        self.kernel_x = self.kernel_y if kernel_x is None else _taps(kernel_x)
         self._matrices: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def matrices(self, height: int, width: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +119,8 @@ class MatrixGaussianBlur2d(GaussianBlur2d):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        plane = self.kernel[0, 0]
+        with torch.device("cpu"):  # the taps' values, also when the model is being built on the meta device
+            plane = GaussianBlur2d(*args, **kwargs).kernel[0, 0]
         self.filter = MatrixGaussianFilter(plane.sum(dim=1), plane.sum(dim=0))
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:

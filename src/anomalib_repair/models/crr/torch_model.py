@@ -453,7 +453,8 @@ class CrrModel(nn.Module):
         anomaly_map = reconstruction
         if self.rec_weight < 1:
             segmentation = self.segment(encoder_maps, decoder_maps, size).softmax(dim=1)[:, 1:]
-            segmentation = F.interpolate(segmentation, size=size, mode="bilinear", align_corners=False)
+            if segmentation.shape[-2:] != size:  # seg_size other than the input's
+                segmentation = F.interpolate(segmentation, size=size, mode="bilinear", align_corners=False)
             anomaly_map = self.rec_weight * reconstruction + (1 - self.rec_weight) * segmentation
         if self.blur is not None:
             anomaly_map = self.blur(anomaly_map)

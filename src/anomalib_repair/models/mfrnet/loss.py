@@ -61,7 +61,8 @@ class HybridLoss(nn.Module):
         self.ssim_weight = ssim_weight
         self.ssim_sigma = ssim_sigma
         self.ssim_data_range = ssim_data_range
-        self.window = MatrixGaussianFilter(get_gaussian_kernel1d(ssim_window(ssim_sigma), ssim_sigma).flatten())
+        with torch.device("cpu"):  # the taps' values, also when the model is being built on the meta device
+            self.window = MatrixGaussianFilter(get_gaussian_kernel1d(ssim_window(ssim_sigma), ssim_sigma).flatten())
 
     def ssim_map(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel SSIM at every position, ``(B, C, H, W)``: torchmetrics' Gaussian-window SSIM map.
