@@ -79,7 +79,10 @@ PLAN: tuple[tuple[str, ...], ...] = (
          "--output", f"{RESULTS}/mfrnet_128_long.csv")
         for seed in ("0", "1", "2")
     ),
-    ("--method", "crr", "--budgets", "2800", "--seeds", "0", "--output", f"{RESULTS}/crr_128_long.csv"),
+    *(
+        ("--method", "crr", "--budgets", "2800", "--seeds", seed, "--output", f"{RESULTS}/crr_128_long.csv")
+        for seed in ("0", "1", "2")
+    ),
     # CRAS image score read three ways from the same trainings (the paper's patch maximum, the map's maximum, the
     # mean of its top 1 %): within the seed spread on the tune half, so the paper's stays
     ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "1", "2", "--image-scores", "patch_max", "map_max",
