@@ -78,6 +78,11 @@ LABELS = {
     "labels_equal": "labels equal",
     "rss_built_mb": "RSS after build MB",
     "forward_mb": "forward adds MB",
+    "above_target": "above 1.5×",
+}
+# Where one column name means something else in one recorded file: (file name, column) -> header.
+FILE_LABELS = {
+    ("memory.csv", "peak_rss_mb"): "peak RSS MB",
 }
 
 
@@ -177,7 +182,7 @@ def render(spec: str) -> str:
         raise PublishedError(msg)
     shown = columns or header
     lines = [
-        "| " + " | ".join(LABELS.get(column, column) for column in shown) + " |",
+        "| " + " | ".join(FILE_LABELS.get((path.name, column), LABELS.get(column, column)) for column in shown) + " |",
         "|" + "|".join("---" for _ in shown) + "|",
     ]
     lines += ["| " + " | ".join(_cell(row[column], column) for column in shown) + " |" for row in selected]
