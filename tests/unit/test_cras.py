@@ -322,3 +322,77 @@ def test_bad_options_fail_with_one_line():
         CRAS(**LITE, image_score="map_top_mean", top_ratio=0.0)
     with pytest.raises(ValueError, match="needs a crop_size"):
         build_pre_processor("tf_efficientnet_lite0.pypi", 128, None, "shorter_side")
+
+
+def _whitened_model(num_classes: int = 2, dim: int = 16) -> tuple[CrasModel, torch.Tensor, torch.Tensor]:
+    model = CrasModel(**LITE, pre_trained=False, embed_dim=dim, residual="whitened")
+    _, grid = model.embed(torch.rand(1, 3, 64, 64))
+    positions = grid[0] * grid[1]
+    model.set_centers(torch.randn(num_classes, positions, dim))
+    generator = torch.Generator().manual_seed(0)
+    means = torch.randn(num_classes, positions, dim, generator=generator)
+    mixing = torch.randn(num_classes, positions, dim, dim, generator=generator)
+    covariances = mixing @ mixing.transpose(-1, -2) / dim + 0.1 * torch.eye(dim)
+    model.set_position_statistics(means, covariances)
+    return model.eval(), means, covariances
+
+
+def test_whitened_residual_norm_is_the_mahalanobis_distance_at_each_position():
+    model, means, covariances = _whitened_model()
+    features = torch.randn(3, means.shape[1], means.shape[2]) * 2
+    classes = torch.tensor([1, 0, 1])
+    residuals = model.whitened_residuals(features, classes)
+    regularised = covariances + model.whiten_eps * torch.eye(means.shape[2])
+    offsets = features - means[classes]
+    expected = torch.einsum("bpd,bpde,bpe->bp", offsets, torch.linalg.inv(regularised[classes]), offsets)
+    torch.testing.assert_close(residuals.pow(2).sum(dim=2), expected, rtol=1e-4, atol=1e-4)
+    # whitened residuals of the category's own distribution have unit covariance
+    samples = torch.distributions.MultivariateNormal(means[0, 0], covariance_matrix=regularised[0, 0]).sample((4000,))
+    at_position = torch.zeros(4000, means.shape[1], means.shape[2])
+    at_position[:, 0] = samples
+    white = model.whitened_residuals(at_position, torch.zeros(4000, dtype=torch.long))[:, 0]
+    torch.testing.assert_close(torch.cov(white.T), torch.eye(means.shape[2]), atol=0.12, rtol=0)
+
+
+def test_whitened_residual_export_path_equals_the_eager_one(monkeypatch):
+    import anomalib_repair.models.cras.torch_model as cras_torch
+
+    model, means, _ = _whitened_model(num_classes=3)
+    features = torch.randn(5, means.shape[1], means.shape[2])
+    classes = torch.tensor([2, 0, 1, 2, 0])
+    eager = model.whitened_residuals(features, classes)
+    monkeypatch.setattr(cras_torch, "is_exporting", lambda: True)
+    torch.testing.assert_close(model.whitened_residuals(features, classes), eager)
+
+
+def test_whitened_residual_trains_and_scores_and_its_statistics_travel_in_the_state_dict():
+    model, _, _ = _whitened_model()
+    model.train()
+    loss = model.training_loss(torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]), ["a", "b", "c", "d"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in [*model.adaptor.parameters(), *model.discriminator.parameters()])
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images)
+    assert out.anomaly_map.shape == (2, 1, 64, 64) and torch.isfinite(out.pred_score).all()
+    fresh = CrasModel(**LITE, pre_trained=False, embed_dim=16, residual="whitened")
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(images).pred_score, out.pred_score)
+    # the paper's residual keeps its state-dict keys (old checkpoints load)
+    assert not any("position_" in key for key in CrasModel(**LITE, pre_trained=False, embed_dim=16).state_dict())
+
+
+def test_whitened_residual_without_statistics_or_at_another_size_is_one_clear_error():
+    empty = CrasModel(**LITE, pre_trained=False, embed_dim=16, residual="whitened")
+    with pytest.raises(ValueError, match="fit"):
+        empty.whitened_residuals(torch.randn(1, 4, 16), torch.zeros(1, dtype=torch.long))
+    model, means, _ = _whitened_model()
+    with pytest.raises(ValueError, match="training input size"):
+        model.whitened_residuals(torch.randn(1, means.shape[1] + 1, 16), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="residual"):
+        CRAS(**LITE, residual="mahalanobis")
+    with pytest.raises(ValueError, match="whiten_eps"):
+        CRAS(**LITE, residual="whitened", whiten_eps=0.0)

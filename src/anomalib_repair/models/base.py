@@ -417,6 +417,45 @@ class RepairModuleMixin:
         strategy = self.trainer.strategy  # type: ignore[attr-defined]
         return strategy.reduce(sums, reduce_op="sum"), strategy.reduce(counts, reduce_op="sum")
 
+    def position_moments_per_category(
+        self,
+        features: Callable[[torch.Tensor, Any], torch.Tensor],
+        classes_of: Callable[[Any], torch.Tensor],
+        num_categories: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-category, per-position first and second moments of ``(B, P, D)`` ``features(images, batch)``.
+
+        One pass over the training images as :meth:`sum_per_category` (same order, summed over DDP ranks), returning
+        float64 sums ``(K, P, D)``, sums of outer products ``(K, P, D, D)`` and image counts ``(K,)``: each
+        category's mean and covariance at every position follow. The outer products are summed per category present
+        in a batch, never stored per image.
+        """
+        device = self.device  # type: ignore[attr-defined]
+        sums: torch.Tensor | None = None
+        outer: torch.Tensor | None = None
+        counts = torch.zeros(num_categories, dtype=torch.float64, device=device)
+        for images, batch in self.iterate_training_images():
+            values = features(images, batch).double()
+            classes = classes_of(batch)
+            if sums is None or outer is None:
+                _, positions, width = values.shape
+                sums = torch.zeros(num_categories, positions, width, dtype=torch.float64, device=device)
+                outer = torch.zeros(num_categories, positions, width, width, dtype=torch.float64, device=device)
+            for category in classes[classes >= 0].unique().tolist():
+                members = values[classes == category]
+                sums[category] += members.sum(dim=0)
+                outer[category] += torch.einsum("npd,npe->pde", members, members)
+                counts[category] += len(members)
+        if sums is None or outer is None:
+            msg = "The training set is empty: no per-position statistics can be computed."
+            raise BadInputError(msg)
+        strategy = self.trainer.strategy  # type: ignore[attr-defined]
+        return (
+            strategy.reduce(sums, reduce_op="sum"),
+            strategy.reduce(outer, reduce_op="sum"),
+            strategy.reduce(counts, reduce_op="sum"),
+        )
+
     def fit_category_prototypes(
         self, prototypes: CategoryPrototypes, features: Callable[[torch.Tensor], torch.Tensor]
     ) -> None:

@@ -26,7 +26,7 @@ from anomalib_repair.components.feature_cache import CACHE_DTYPES, MemoisedEmbed
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RESIZE_MODES, RepairModuleMixin, batch_inputs, build_pre_processor
-from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, SCORE_MODES, CrasModel
+from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, RESIDUALS, SCORE_MODES, CrasModel
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             highest value of its smoothed anomaly map (as anomalib's PaDiM); ``"map_top_mean"``: the mean of the
             map's highest ``top_ratio`` share.
         top_ratio: Share of the map averaged by ``image_score="map_top_mean"`` (0.01).
+        residual: ``"center"`` (paper; default): the discriminator scores ``[f, f − c]``; ``"whitened"``: it scores
+            ``[f, L⁻¹(x − μ)]``, the frozen feature's residual to its category's mean at the same position whitened
+            by that position's covariance (computed before training, beside the centers), with the noise added to
+            the frozen feature before the adaptor. Costs ``K × P × D × D`` stored values.
+        whiten_eps: Added to each covariance's diagonal before whitening (``residual="whitened"``; 0.01).
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
             backbone's patch features once and reuse them every epoch (needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
@@ -101,6 +106,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         score_mode: str = "logit",
         image_score: str = "patch_max",
         top_ratio: float = 0.01,
+        residual: str = "center",
+        whiten_eps: float = 0.01,
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
         feature_cache_dtype: str = "float32",
@@ -130,6 +137,12 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if not 0.0 < top_ratio <= 1.0:
             msg = f"top_ratio must be in (0, 1], got {top_ratio}."
             raise BadInputError(msg)
+        if residual not in RESIDUALS:
+            msg = f"residual must be one of {', '.join(RESIDUALS)}, got '{residual}'."
+            raise BadInputError(msg)
+        if whiten_eps <= 0:
+            msg = f"whiten_eps must be positive, got {whiten_eps}."
+            raise BadInputError(msg)
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
@@ -154,6 +167,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             top_ratio=top_ratio,
             noise_std=noise_std,
             noise_k=noise_k,
+            residual=residual,
+            whiten_eps=whiten_eps,
         )
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
@@ -193,6 +208,27 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.category_names = list(self._category_index.names)
         self.model.set_centers(self._compute_centers(len(self.category_names)))
         logger.info("CRAS centers: %s for categories %s.", tuple(self.model.centers.shape), self.category_names)
+        if self.model.residual == "whitened":
+            self._compute_position_statistics(len(self.category_names))
+
+    def _compute_position_statistics(self, num_classes: int) -> None:
+        """Each category's mean and covariance of the frozen features at every position (``residual="whitened"``)."""
+        sums, outer, counts = self.position_moments_per_category(
+            lambda images, batch: self.model.training_features(images, batch_inputs(batch)[1]),
+            self._classes,
+            num_classes,
+        )
+        counts = counts.view(-1, 1, 1)
+        means = sums / counts
+        covariances = (outer - counts.unsqueeze(-1) * means.unsqueeze(-1) * means.unsqueeze(-2)) / (
+            counts.unsqueeze(-1) - 1
+        ).clamp_min(1)
+        self.model.set_position_statistics(means, covariances)
+        logger.info(
+            "CRAS per-position whitening: %s statistics (%.0f MB).",
+            tuple(self.model.position_whiteners.shape),
+            self.model.position_whiteners.numel() * 4 / 2**20,
+        )
 
     def _compute_centers(self, num_classes: int) -> torch.Tensor:
         sums, counts = self.sum_per_category(

@@ -27,6 +27,7 @@ def _xavier_linear(layer: nn.Module) -> None:
 
 SCORE_MODES = ("logit", "probability")
 IMAGE_SCORES = ("patch_max", "map_max", "map_top_mean")
+RESIDUALS = ("center", "whitened")
 
 
 class ResidualDiscriminator(nn.Sequential):
@@ -77,6 +78,13 @@ class CrasModel(nn.Module):
         top_ratio: Share of the map's pixels averaged by ``image_score="map_top_mean"`` (0.01).
         noise_std: σ of the training feature noise (paper: 0.015).
         noise_k: Distance-guidance strength ``k`` of the noise (paper: 0.3).
+        residual: What the discriminator sees beside the adapted feature: ``"center"`` (the paper's ``f − c``, with
+            ``c`` the nearest class center) or ``"whitened"``: the frozen feature's residual to its category's
+            mean **at the same position**, whitened by that position's covariance (``L⁻¹(x − μ)`` with
+            ``Σ + εI = L Lᵀ``, so its squared norm is the Mahalanobis distance). With ``"whitened"`` the noise is
+            added to the frozen feature before the adaptor, so a synthetic patch has both parts. Statistics:
+            ``K × P × D × D`` values (about 151 MB per category for 256 patches of 384-d).
+        whiten_eps: ``ε`` added to each covariance's diagonal before it is factorised (``"whitened"`` only).
     """
 
     def __init__(
@@ -95,8 +103,16 @@ class CrasModel(nn.Module):
         top_ratio: float = 0.01,
         noise_std: float = 0.015,
         noise_k: float = 0.3,
+        residual: str = "center",
+        whiten_eps: float = 0.01,
     ) -> None:
         super().__init__()
+        if residual not in RESIDUALS:
+            msg = f"residual must be one of {', '.join(RESIDUALS)}, got '{residual}'."
+            raise ValueError(msg)
+        if whiten_eps <= 0:
+            msg = f"whiten_eps must be positive, got {whiten_eps}."
+            raise ValueError(msg)
         if score_mode not in SCORE_MODES:
             msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
             raise ValueError(msg)
@@ -117,6 +133,13 @@ class CrasModel(nn.Module):
         self.center_dtype = getattr(torch, center_dtype)
         self.match_chunk = match_chunk
         self.register_buffer("centers", torch.zeros(0, 0, embed_dim, dtype=self.center_dtype))
+        self.residual = residual
+        self.whiten_eps = whiten_eps
+        self.position_means: torch.Tensor
+        self.position_whiteners: torch.Tensor
+        if residual == "whitened":  # only then: checkpoints of the paper's residual keep their keys
+            self.register_buffer("position_means", torch.zeros(0, 0, embed_dim))
+            self.register_buffer("position_whiteners", torch.zeros(0, 0, embed_dim, embed_dim))
         self.centers: torch.Tensor
         self.noise_std = noise_std
         self.noise_k = noise_k
@@ -148,6 +171,39 @@ class CrasModel(nn.Module):
     def set_centers(self, centers: torch.Tensor) -> None:
         """Store ``(K, P, D)`` class centers (in the configured precision)."""
         self.centers = centers.to(dtype=self.center_dtype, device=self.centers.device)
+
+    def set_position_statistics(self, means: torch.Tensor, covariances: torch.Tensor) -> None:
+        """Store each category's ``(K, P, D)`` means and the whiteners ``L⁻¹`` of its ``(K, P, D, D)`` covariances."""
+        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+        factor = torch.linalg.cholesky(covariances + self.whiten_eps * eye)
+        whiteners = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+        device = self.position_means.device
+        self.position_means = means.float().to(device)
+        self.position_whiteners = whiteners.float().to(device)
+
+    def whitened_residuals(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``(B, P, D)`` residuals of frozen features to their category's same-position mean, whitened."""
+        if self.position_means.shape[0] == 0:
+            msg = "CRAS with residual='whitened' has no per-position statistics yet: train (fit) the model first."
+            raise BadInputError(msg)
+        if self.position_means.shape[1] != features.shape[1]:
+            msg = (
+                f"CRAS's whitening statistics hold {self.position_means.shape[1]} positions, the image gives "
+                f"{features.shape[1]}: test at the training input size."
+            )
+            raise BadInputError(msg)
+        offsets = features - self.position_means[classes]
+        if is_exporting():  # every category, then each image's own: no data-dependent shapes in the graph
+            residuals = torch.zeros_like(features)
+            for category in range(self.position_whiteners.shape[0]):
+                whitened = torch.einsum("pde,bpe->bpd", self.position_whiteners[category], offsets)
+                residuals = torch.where((classes == category).view(-1, 1, 1), whitened, residuals)
+            return residuals
+        residuals = torch.empty_like(features)
+        for category in classes.unique().tolist():
+            members = (classes == category).nonzero().squeeze(1)
+            residuals[members] = torch.einsum("pde,bpe->bpd", self.position_whiteners[category], offsets[members])
+        return residuals
 
     # ------------------------------------------------------------------ center matching
     def infer_classes(self, features: torch.Tensor) -> torch.Tensor:
@@ -193,20 +249,35 @@ class CrasModel(nn.Module):
         Adapt the frozen features, match every patch to its class centers, synthesise an anomalous twin of each
         patch with distance-guided noise, and score both: BCE pushes real patches to 0 and synthetic ones to 1.
         """
-        adapted = self.adaptor(self.training_features(images, keys))
-        centers = self.match_centers(adapted, classes)
-        real = adapted.flatten(0, 1)
-        matched = centers.flatten(0, 1)
-        fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
-        scores = self.logits(torch.cat([real, fake]), torch.cat([matched, matched]))
+        if self.residual == "whitened":
+            scores = self._whitened_training_logits(self.training_features(images, keys), classes)
+        else:
+            adapted = self.adaptor(self.training_features(images, keys))
+            centers = self.match_centers(adapted, classes)
+            real = adapted.flatten(0, 1)
+            matched = centers.flatten(0, 1)
+            fake = distance_guided_noise(real, matched, sigma=self.noise_std, k=self.noise_k)
+            scores = self.logits(torch.cat([real, fake]), torch.cat([matched, matched]))
         if not torch.isfinite(scores).all():  # the loss would fail inside binary cross-entropy, deep down
             msg = "CRAS scores are not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
             raise BadInputError(msg)
-        loss = self.loss(scores[: len(real)], scores[len(real) :])
+        real_count = len(scores) // 2  # real patches first, then their synthetic twins
+        loss = self.loss(scores[:real_count], scores[real_count:])
         if not torch.isfinite(loss):
             msg = "CRAS loss is not finite (NaN/inf): lower adaptor_lr/discriminator_lr or check the input images."
             raise BadInputError(msg)
         return loss
+
+    def _whitened_training_logits(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Logits of real patches, then of their synthetic twins (noise on the frozen feature, before the adaptor)."""
+        means = self.position_means[classes]
+        fake = distance_guided_noise(
+            features.flatten(0, 1), means.flatten(0, 1), sigma=self.noise_std, k=self.noise_k
+        ).view_as(features)
+        both = torch.cat([features, fake])
+        both_classes = torch.cat([classes, classes])
+        inputs = torch.cat([self.adaptor(both), self.whitened_residuals(both, both_classes)], dim=2)
+        return self.discriminator(inputs.flatten(0, 1)).squeeze(1)
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
@@ -218,8 +289,14 @@ class CrasModel(nn.Module):
         features, (height, width) = self.embed(images)
         adapted = self.adaptor(features)
         classes = self.infer_classes(adapted)
-        centers = self.match_centers(adapted, classes)
-        scores = self.score(adapted.flatten(0, 1), centers.flatten(0, 1)).reshape(images.shape[0], 1, height, width)
+        if self.residual == "whitened":
+            inputs = torch.cat([adapted, self.whitened_residuals(features, classes)], dim=2).flatten(0, 1)
+            logits = self.discriminator(inputs).squeeze(1)
+            patch_scores = torch.sigmoid(logits) if self.score_mode == "probability" else logits
+        else:
+            centers = self.match_centers(adapted, classes)
+            patch_scores = self.score(adapted.flatten(0, 1), centers.flatten(0, 1))
+        scores = patch_scores.reshape(images.shape[0], 1, height, width)
         anomaly_map = self.anomaly_map_generator(scores, image_size=tuple(images.shape[-2:]))
         output = InferenceBatch(pred_score=self.image_scores(scores, anomaly_map), anomaly_map=anomaly_map)
         return output, classes
@@ -234,4 +311,7 @@ class CrasModel(nn.Module):
         key = prefix + "centers"
         if key in state_dict:
             self.centers = torch.empty_like(state_dict[key], dtype=self.center_dtype, device=self.centers.device)
+        for name in ("position_means", "position_whiteners"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.centers.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
