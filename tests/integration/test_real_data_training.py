@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
@@ -55,6 +56,13 @@ def cras(real: Path) -> AnomalibModule:
     )  # fmt: skip
 
 
+def cras_whitened(real: Path) -> AnomalibModule:
+    """The shipped recipe ``configs/cras/cpu_whitened.yaml`` (its model arguments as written)."""
+    del real
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "configs" / "cras" / "cpu_whitened.yaml").read_text())
+    return CRAS(**recipe["model"]["init_args"], visualizer=False)
+
+
 def crr(real: Path) -> AnomalibModule:
     return CRR(
         backbone=LITE, layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"], embed_dim=128, num_heads=4,
@@ -81,12 +89,23 @@ class Case:
     image_auroc: float
     pixel_auroc: float
     data_subset: dict[str, int] | None = None  # per-group image counts of a smaller copy (None: all the data)
+    category_image_auroc: dict[str, float] = field(default_factory=dict)  # per-category floors, where stated
     datamodule: dict[str, Any] = field(default_factory=dict)
 
 
 CASES = {
     # 2 epochs at 128 px, all training images
     "CRAS": Case(cras, {"max_epochs": 2}, image_auroc=0.65, pixel_auroc=0.75),
+    # the whitened-residual recipe, 2 of its 10 epochs: measured 0.99 mean / 0.98 magnetic_tile after 3 epochs
+    # (report half, benchmarks/results/budget_curves/cras_128_whitened.csv); the paper's residual (the case above)
+    # measures ~0.83-0.86 on magnetic_tile at 1-3 epochs, so its floor is above what the paper's residual reaches
+    "CRAS-whitened": Case(
+        cras_whitened,
+        {"max_epochs": 2},
+        image_auroc=0.93,
+        pixel_auroc=0.80,
+        category_image_auroc={"magnetic_tile": 0.92},
+    ),
     # 30 + 10 steps at 96 px (within one epoch, one validation pass); the reduced recipe measures 0.91 / 0.84
     "CRR": Case(crr, {"max_epochs": 100}, image_auroc=0.65, pixel_auroc=0.70),
     # 4 epochs at 128 px on a subset (64 training images per category)
@@ -124,3 +143,5 @@ def test_unified_training_on_real_data_beats_chance(name, tmp_path, real_data_ro
         assert not math.isnan(results[key]), key
     assert results["image_AUROC"] >= case.image_auroc, results
     assert results["pixel_AUROC"] >= case.pixel_auroc, results
+    for category, floor in case.category_image_auroc.items():
+        assert results[f"image_AUROC/{category}"] >= floor, results

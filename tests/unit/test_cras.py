@@ -396,3 +396,22 @@ def test_whitened_residual_without_statistics_or_at_another_size_is_one_clear_er
         CRAS(**LITE, residual="mahalanobis")
     with pytest.raises(ValueError, match="whiten_eps"):
         CRAS(**LITE, residual="whitened", whiten_eps=0.0)
+
+
+def test_whitened_residual_exports_with_a_dynamic_batch_and_matches_torch(tmp_path):
+    openvino = pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    model, _, _ = _whitened_model()
+    path = tmp_path / "cras.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(
+        model, (torch.rand(2, 3, 64, 64),), str(path), input_names=["images"], dynamo=True,
+        dynamic_shapes={"images": {0: batch}},
+    )  # fmt: skip
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    images = torch.rand(5, 3, 64, 64)
+    outputs = list(compiled([images.numpy()]).values())
+    with torch.no_grad():
+        eager = model(images)
+    torch.testing.assert_close(torch.from_numpy(outputs[0]), eager.pred_score, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(outputs[1]), eager.anomaly_map, atol=1e-4, rtol=1e-4)
