@@ -80,6 +80,7 @@ def curves(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/budget_curve.py", "--plan", *session.posargs, external=True, env=env)
     dynamics = ["--budgets", "1", "10", "30", "--output", "benchmarks/results/cras_dynamics/recipe.csv"]
     session.run(PYTHON, "benchmarks/cras_dynamics.py", *dynamics, external=True, env=env)
+    session.run(PYTHON, "benchmarks/cras_feature_scores.py", external=True, env=env)  # why cpu_whitened exists
 
 
 @nox.session

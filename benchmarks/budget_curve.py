@@ -54,7 +54,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
         ("--method", "padim", "--set", f"n_features={n}", "--output", f"{RESULTS}/padim_128.csv")
         for n in (50, 100)  # 152 (every channel) fails in anomalib's Gaussian fit (singular covariance)
     ),
-    ("--method", "patchcore", "--seeds", "0", "--set", "coreset_sampling_ratio=0.01",
+    ("--method", "patchcore", "--seeds", "0", "1", "2", "--set", "coreset_sampling_ratio=0.01",
      "--output", f"{RESULTS}/patchcore_128.csv"),
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/mfrnet_128.csv"),
     # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch)
@@ -83,6 +83,22 @@ PLAN: tuple[tuple[str, ...], ...] = (
         ("--method", "crr", "--budgets", "2800", "--seeds", seed, "--output", f"{RESULTS}/crr_128_long.csv")
         for seed in ("0", "1", "2")
     ),
+    # CRAS with whitened residuals (configs/cras/cpu_whitened.yaml): noise_std and whiten_eps on the tune half, then
+    # the recipe's curve over three seeds; a wider adaptor (embed_dim 768) tried on the paper's residual
+    ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "--set", "embed_dim=768",
+     "--output", f"{RESULTS}/cras_128_tuning.csv"),
+    *(
+        ("--method", "cras", "--budgets", "3", "10", "--seeds", "0", "--set", "residual=whitened", f"noise_std={sigma}",
+         "--output", f"{RESULTS}/cras_128_whitened.csv")
+        for sigma in ("0.1", "0.3", "1.0")
+    ),
+    *(
+        ("--method", "cras", "--budgets", "3", "10", "--seeds", "0", "--set", "residual=whitened", "noise_std=0.3",
+         f"whiten_eps={eps}", "--output", f"{RESULTS}/cras_128_whitened.csv")
+        for eps in ("0.1", "1.0")
+    ),
+    ("--method", "cras", "--budgets", "1", "3", "10", "30", "--seeds", "0", "1", "2", "--set", "residual=whitened",
+     "noise_std=0.3", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_128_whitened.csv"),
     # CRAS image score read three ways from the same trainings (the paper's patch maximum, the map's maximum, the
     # mean of its top 1 %): within the seed spread on the tune half, so the paper's stays
     ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "1", "2", "--image-scores", "patch_max", "map_max",
