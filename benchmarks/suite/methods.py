@@ -25,6 +25,7 @@ from .settings import (
     OURS,
     PADIM_N_FEATURES,
     PYPI_BACKBONE,
+    RECIPES,
     REPO_ROOT,
     TIMM_BACKBONE,
     Settings,
@@ -128,10 +129,10 @@ def common_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def reduced_recipe(method: str) -> dict[str, Any]:
-    """The shipped reduced CPU recipe of one of our models (``configs/<method>/cpu_reduced.yaml``)."""
+    """The shipped reduced CPU recipe of one of our methods (``configs/`` + ``RECIPES[method]``)."""
     import yaml
 
-    return yaml.safe_load((REPO_ROOT / "configs" / method / "cpu_reduced.yaml").read_text())
+    return yaml.safe_load((REPO_ROOT / "configs" / RECIPES[method]).read_text())
 
 
 def build_ours(method: str, settings: Settings) -> Any:
@@ -326,7 +327,7 @@ def method_details(method: str, model: Any, settings: Settings) -> dict[str, Any
     """Method-specific settings worth recording next to the numbers."""
     if method in OURS:
         return {
-            "recipe": f"configs/{method}/cpu_reduced.yaml",
+            "recipe": f"configs/{RECIPES[method]}",
             "init_args": reduced_recipe(method)["model"]["init_args"],
         }
     if method == "padim":

@@ -71,6 +71,15 @@ def test_every_method_has_a_builder_and_a_label() -> None:
         assert method in compare.BUILDERS and method in compare.LABELS
 
 
+def test_each_of_our_methods_reads_its_own_recipe() -> None:
+    for method in compare.OURS:
+        assert (ROOT / "configs" / compare.RECIPES[method]).is_file()
+    whitened = compare.reduced_recipe("cras_whitened")["model"]["init_args"]
+    assert whitened["residual"] == "whitened"  # the winning CPU recipe, benchmarked beside the paper's residual
+    assert compare.reduced_recipe("cras")["model"]["init_args"].get("residual", "center") != "whitened"
+    assert "cras_whitened" in compare.METHODS and compare.LABELS["cras_whitened"] == "CRAS whitened (ours)"
+
+
 def test_older_recorded_settings_still_load_for_render() -> None:
     recorded = json.loads((ROOT / "benchmarks" / "results" / "20261123-203310" / "settings.json").read_text())
     settings = compare.Settings(**recorded)
