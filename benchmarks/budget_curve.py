@@ -57,7 +57,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "patchcore", "--seeds", "0", "1", "2", "--set", "coreset_sampling_ratio=0.01",
      "--output", f"{RESULTS}/patchcore_128.csv"),
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/mfrnet_128.csv"),
-    # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch)
+    # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch, now stage2.init)
     ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "1", "2",
      "--output", f"{RESULTS}/crr_128_seginit.csv"),
     *(
@@ -138,7 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=None, help="MVTec-layout root (default <shared>/real)")
     parser.add_argument("--categories", nargs="+", default=None)
     parser.add_argument("--half-seed", type=int, default=0, help="seed of the tune/report halves")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model arguments (YAML values)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="model arguments (YAML values; CRR: stage2.init=…)"
+    )
     parser.add_argument("--variant", default=None, help="label of this configuration (default: the --set values)")
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--both-score-modes", action="store_true", help="CRAS: also score with probabilities")
@@ -222,9 +224,13 @@ def build_model(args: argparse.Namespace, settings: compare.Settings, budget: in
     for key in ("image_size", "crop_size"):
         if key in inspect.signature(model_class).parameters:
             init[key] = settings.image_size
-    if "texture_dir" in init:
-        init["texture_dir"] = settings.textures
-    init.update(extra)
+    compare.with_textures(init, settings.textures)
+    for key, value in extra.items():  # a dotted key sets one option of a group: stage2.init=pytorch
+        group, dot, option = key.partition(".")
+        if dot:
+            init[group] = {**(init.get(group) or {}), option: value}
+        else:
+            init[key] = value
     if args.method in STEP_BUDGET and budget is not None:
         init.update(compare.crr_schedule(init, budget))
     return model_class(**init, **compare.common_kwargs(settings))

@@ -57,9 +57,12 @@ def _worker(model_key: str, root: str, categories: str, epochs: int, crr_steps: 
     init = dict(recipe["model"]["init_args"])
     if "texture_dir" in init:
         init["texture_dir"] = None  # self-augmented sources: the run needs no folder beside the repository
+    if "texture_dir" in init.get("synthesis", {}):
+        init["synthesis"] = {**init["synthesis"], "texture_dir": None}  # CRR's option group
     steps = None
     if model_key == "crr":  # fewer steps than the recipe's 100 + 40 (stated in the output)
-        init["stage1_steps"], init["stage2_steps"] = crr_steps
+        init["stage1"] = {**init["stage1"], "steps": crr_steps[0]}
+        init["stage2"] = {**init["stage2"], "steps": crr_steps[1]}
         steps = sum(crr_steps)
     budget: dict[str, Any] = (
         {"max_epochs": -1, "max_steps": steps, "check_val_every_n_epoch": None, "val_check_interval": steps}

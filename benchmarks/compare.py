@@ -55,6 +55,7 @@ from suite.methods import (
     time_coreset,
     trainer_budget,
     training_images,
+    with_textures,
 )
 from suite.notes import degenerate_categories, degenerate_notes, load_notes, notes, patchcore_note, split_note
 from suite.report import combine_roots, fmt, markdown_report, recipe_line, result_rows, write_csv
@@ -207,6 +208,7 @@ __all__ = [
     "trainer_budget",
     "training_images",
     "validation_timer",
+    "with_textures",
     "write_chart",
     "write_csv",
     "write_outputs",

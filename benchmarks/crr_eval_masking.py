@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = yaml.safe_load((ROOT / "configs" / "crr" / "cpu_reduced.yaml").read_text())
     init = dict(recipe["model"]["init_args"])
     textures = ROOT.parent / "shared" / "data" / "textures"
-    init["texture_dir"] = str(textures) if textures.is_dir() else None
+    init["synthesis"] = {**init.get("synthesis", {}), "texture_dir": str(textures) if textures.is_dir() else None}
     steps = recipe["trainer"]["max_steps"]
     seed_everything(args.seed, workers=True)
     datamodule = MVTecFolder(root=args.root, train_batch_size=16, eval_batch_size=32, num_workers=0)

@@ -100,6 +100,8 @@ def build_lightning(method: str, size: int) -> Any:
         if key in init:
             init[key] = size
     init.pop("texture_dir", None)
+    if isinstance(init.get("synthesis"), dict):  # CRR's option group
+        init["synthesis"] = {key: value for key, value in init["synthesis"].items() if key != "texture_dir"}
     lightning = getattr(anomalib_repair, OURS[method])(**init, visualizer=False)
     network = lightning.model.eval()
     load_backbone_weights(network)

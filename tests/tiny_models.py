@@ -57,17 +57,14 @@ def tiny_crr(**overrides: Any) -> AnomalibModule:
         "backbone": "tf_efficientnet_lite0.pypi",
         "layers": ["blocks.2", "blocks.4"],
         "embed_dim": 64,
-        "decoder_depth": 2,
-        "seg_size": None,
-        "stage1_steps": 6,
-        "stage2_steps": 4,
-        "stage1_batch_size": None,
-        "stage2_batch_size": 4,
-        "warmup_steps": 2,
-        "hard_mining_ramp": 4,
+        "stage1": {"steps": 6, "batch_size": None, "warmup_steps": 2, "hard_mining_ramp": 4, "decoder_depth": 2},
+        "stage2": {"steps": 4, "batch_size": 4, "size": None},
         "image_size": IMAGE_SIZE,
         "crop_size": IMAGE_SIZE,
     }
+    for group in ("stage1", "stage2", "synthesis", "scoring"):  # a group given as a dict updates the tiny one
+        if isinstance(overrides.get(group), dict):
+            overrides = {**overrides, group: {**kwargs.get(group, {}), **overrides[group]}}
     kwargs.update(overrides)
     return CRR(**kwargs)
 
@@ -102,14 +99,12 @@ TINY_CLI_ARGS: dict[str, list[str]] = {
         "--model.backbone=tf_efficientnet_lite0.pypi",
         "--model.layers=[blocks.2,blocks.4]",
         "--model.embed_dim=64",
-        "--model.decoder_depth=2",
-        "--model.seg_size=null",
-        "--model.stage1_steps=6",
-        "--model.stage2_steps=4",
-        "--model.stage1_batch_size=null",
-        "--model.stage2_batch_size=4",
-        "--model.warmup_steps=2",
-        "--model.hard_mining_ramp=4",
+        "--model.stage1.steps=6",
+        "--model.stage1.warmup_steps=2",
+        "--model.stage1.hard_mining_ramp=4",
+        "--model.stage1.decoder_depth=2",
+        "--model.stage1={batch_size: null}",  # a null needs the group's dict form (jsonargparse)
+        "--model.stage2={steps: 4, batch_size: 4, size: null}",
         f"--model.image_size={IMAGE_SIZE}",
         f"--model.crop_size={IMAGE_SIZE}",
     ],

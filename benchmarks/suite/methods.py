@@ -147,8 +147,7 @@ def build_ours(method: str, settings: Settings) -> Any:
     for key in ("image_size", "crop_size"):
         if key in parameters:
             init[key] = settings.image_size
-    if "texture_dir" in init:
-        init["texture_dir"] = settings.textures
+    with_textures(init, settings.textures)
     if method == "crr" and settings.crr_budget == "epochs":
         init.update(crr_schedule(init, epoch_steps(settings)))
     return model_class(**init, **common_kwargs(settings))
@@ -172,16 +171,34 @@ def epoch_steps(settings: Settings) -> int:
     return settings.epochs * math.ceil(training_images(settings) / settings.train_batch_size)
 
 
-def crr_schedule(recipe: dict[str, Any], total: int) -> dict[str, int]:
-    """CRR's stage steps for a budget of ``total`` steps, split and scheduled in the proportions of its recipe."""
-    stage1, stage2 = int(recipe["stage1_steps"]), int(recipe["stage2_steps"])
+def with_textures(init: dict[str, Any], textures: str | None) -> dict[str, Any]:
+    """``init`` (changed in place) with the recipe's texture folder, if it names one, set to ``textures``.
+
+    CRAS and MFRNet take ``texture_dir`` directly, CRR in its ``synthesis`` option group.
+    """
+    if "texture_dir" in init:
+        init["texture_dir"] = textures
+    synthesis = init.get("synthesis")
+    if isinstance(synthesis, dict) and "texture_dir" in synthesis:
+        init["synthesis"] = {**synthesis, "texture_dir": textures}
+    return init
+
+
+def crr_schedule(recipe: dict[str, Any], total: int) -> dict[str, dict[str, Any]]:
+    """CRR's stage groups for a budget of ``total`` steps, split and scheduled in the proportions of its recipe.
+
+    ``recipe`` holds CRR's init args (``stage1`` and ``stage2`` groups); the returned groups are the recipe's with
+    the steps, warm-up and hard-mining ramp scaled.
+    """
+    first_group, second_group = dict(recipe.get("stage1") or {}), dict(recipe.get("stage2") or {})
+    stage1, stage2 = int(first_group["steps"]), int(second_group["steps"])
     scale = total / (stage1 + stage2)
     first = min(total - 1, max(1, round(stage1 * scale))) if stage2 else total
-    schedule = {"stage1_steps": first, "stage2_steps": total - first}
+    first_group["steps"], second_group["steps"] = first, total - first
     for key in ("warmup_steps", "hard_mining_ramp"):
-        if key in recipe:
-            schedule[key] = max(1, round(int(recipe[key]) * scale))
-    return schedule
+        if key in first_group:
+            first_group[key] = max(1, round(int(first_group[key]) * scale))
+    return {"stage1": first_group, "stage2": second_group}
 
 
 def build_padim(settings: Settings) -> Any:

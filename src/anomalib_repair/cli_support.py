@@ -11,7 +11,11 @@ entry point), it
   without one, before a model is built (:func:`check_cli_arguments`), and sends ``export`` without
   ``--export_root`` to the checkpoint's own run folder (:func:`export_root_for`);
 - makes ``--seed_everything N`` seed the run, which anomalib's CLI parses but never applies
-  (:mod:`anomalib_repair.seeding`), by wrapping the CLI's ``before_instantiate_classes`` hook.
+  (:mod:`anomalib_repair.seeding`), by wrapping the CLI's ``before_instantiate_classes`` hook;
+- turns the parser's multi-line refusal of CRR's flat option names of earlier releases (``--model.stage1_steps``,
+  a recipe with ``stage1_steps:``) into one line naming the new grouped ones, and does the same for a group
+  option set to ``null`` on the command line (:func:`~anomalib_repair.models.crr.options.parser_error_hint`),
+  by wrapping jsonargparse's ``ArgumentParser.error``; every other parse error is printed as before.
 
 In any other program (a script, a notebook, a test runner) nothing is changed: ``sys.excepthook`` stays the
 program's own and nothing is seeded.
@@ -81,6 +85,25 @@ def check_cli_arguments(cli: Any) -> None:
             raise BadInputError(msg)
 
 
+def _one_line_parse_errors() -> None:
+    """Print the parse errors that :func:`parser_error_hint` knows as its one line (exit code 2, as argparse's)."""
+    from jsonargparse import ArgumentParser
+
+    from anomalib_repair.models.crr.options import parser_error_hint
+
+    original = ArgumentParser.error
+
+    @functools.wraps(original)
+    def error(self: Any, message: str, ex: Exception | None = None) -> Any:
+        hint = parser_error_hint(str(message))
+        if hint is None or not self.exit_on_error:
+            return original(self, message if hint is None else hint, ex)
+        sys.stderr.write(f"error: {hint}\n")
+        return self.exit(2)
+
+    ArgumentParser.error = error  # type: ignore[method-assign]
+
+
 def prepare_cli_process() -> bool:
     """Apply the CLI-only behaviour once if this process is anomalib's CLI; returns whether it did."""
     global _PREPARED  # noqa: PLW0603 - once per process by design
@@ -88,6 +111,7 @@ def prepare_cli_process() -> bool:
         return False
     _PREPARED = True
     install_excepthook()
+    _one_line_parse_errors()
     cli_class = sys.modules["anomalib.cli.cli"].AnomalibCLI
     original = cli_class.before_instantiate_classes
 

@@ -276,7 +276,14 @@ def test_cli_resolves_our_model_and_the_short_data_name(name, tmp_path):
     helped = _run(["train", "--model", f"anomalib_repair.{name}", "--model.help", f"anomalib_repair.{name}"], tmp_path)
     assert helped.returncode == 0, helped.stderr[-3000:]
     options = inspect.signature(getattr(anomalib_repair, name).__init__).parameters
-    missing = [option for option in options if option != "self" and f"--model.{option} " not in helped.stdout]
+    missing = [
+        option
+        for option, parameter in options.items()
+        if option != "self"
+        and parameter.kind is not parameter.VAR_KEYWORD  # CRR's flat names of earlier releases: Python only
+        and f"--model.{option} " not in helped.stdout
+        and f"--model.{option}." not in helped.stdout  # an option group (CRR's stage1, …): its options
+    ]
     assert not missing, f"options not settable from the CLI: {missing}"
 
 

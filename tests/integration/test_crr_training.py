@@ -16,14 +16,16 @@ TINY: dict[str, Any] = {
     "backbone": "tf_efficientnet_lite0.pypi",
     "layers": ["blocks.2", "blocks.4"],
     "embed_dim": 64,
-    "decoder_depth": 2,
-    "seg_size": None,
-    "warmup_steps": 2,
-    "hard_mining_ramp": 4,
     "image_size": 64,
     "crop_size": 64,
     "visualizer": False,
 }
+
+
+def tiny_crr(stage1: dict[str, Any], stage2: dict[str, Any]) -> CRR:
+    """The tiny CRR with these stage options (a 2-block decoder, short warm-up and ramp, full-size output)."""
+    stage1 = {"decoder_depth": 2, "warmup_steps": 2, "hard_mining_ramp": 4, **stage1}
+    return CRR(**TINY, stage1=stage1, stage2={"size": None, **stage2})
 
 
 class StepRecorder(Callback):
@@ -60,8 +62,8 @@ def test_both_stages_in_one_fit_then_resume_mid_stage_two(tmp_path, demo_root):
     """8 steps of stage I and 6 of stage II; a checkpoint at step 11 resumes in stage II and finishes at 14."""
     seed_everything(0)
     datamodule = MVTecFolder(root=demo_root, train_batch_size=8, eval_batch_size=16, num_workers=0)
-    steps = {"stage1_steps": 8, "stage2_steps": 6, "stage2_batch_size": 4}
-    model = CRR(**TINY, **steps)
+    steps: dict[str, Any] = {"stage1": {"steps": 8}, "stage2": {"steps": 6, "batch_size": 4}}
+    model = tiny_crr(**steps)
     recorder = StepRecorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=11, save_top_k=-1, save_last=False)
     engine = _engine(tmp_path / "first", max_epochs=100, callbacks=[recorder, checkpoints])
@@ -92,7 +94,7 @@ def test_both_stages_in_one_fit_then_resume_mid_stage_two(tmp_path, demo_root):
 
     # resume from step 11 (mid stage II) with a fresh model and trainer
     seed_everything(1)
-    resumed = CRR(**TINY, **steps)
+    resumed = tiny_crr(**steps)
     recorder = StepRecorder()
     engine = _engine(tmp_path / "second", max_epochs=100, callbacks=[recorder])
     engine.fit(model=resumed, datamodule=datamodule, ckpt_path=checkpoint)
@@ -110,7 +112,7 @@ def test_both_stages_in_one_fit_then_resume_mid_stage_two(tmp_path, demo_root):
     # resuming a finished run trains no further
     recorder = StepRecorder()
     engine = _engine(tmp_path / "third", max_epochs=100, callbacks=[recorder])
-    engine.fit(model=CRR(**TINY, **steps), datamodule=datamodule, ckpt_path=finished)
+    engine.fit(model=tiny_crr(**steps), datamodule=datamodule, ckpt_path=finished)
     assert engine.trainer.global_step == 14
     assert all(step >= 14 for step, _ in recorder.steps)
 
@@ -121,7 +123,7 @@ def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
 
 
 def test_each_stage_takes_its_own_batch_size_and_a_small_loader_is_reported(tmp_path, demo_root, caplog, monkeypatch):
-    """stage1_batch_size / stage2_batch_size take the first images of each loader batch; too small a loader warns."""
+    """stage1.batch_size / stage2.batch_size take the first images of each loader batch; too small a loader warns."""
     seen: list[tuple[int, int]] = []
     original = CRR.training_step
 
@@ -146,7 +148,7 @@ def test_each_stage_takes_its_own_batch_size_and_a_small_loader_is_reported(tmp_
     monkeypatch.setattr(CRR, "training_step", spy)
     seed_everything(0)
     datamodule = MVTecFolder(root=demo_root, train_batch_size=8, eval_batch_size=16, num_workers=0)
-    model = CRR(**TINY, stage1_steps=2, stage2_steps=2, stage1_batch_size=6, stage2_batch_size=3)
+    model = tiny_crr({"steps": 2, "batch_size": 6}, {"steps": 2, "batch_size": 3})
     with caplog.at_level("WARNING"):
         _engine(tmp_path / "fits", max_steps=4).fit(model=model, datamodule=datamodule)
     assert seen == [(1, 6), (1, 6), (2, 3), (2, 3)]
@@ -154,7 +156,7 @@ def test_each_stage_takes_its_own_batch_size_and_a_small_loader_is_reported(tmp_
 
     caplog.clear()
     seed_everything(0)
-    model = CRR(**TINY, stage1_steps=1, stage2_steps=0, stage1_batch_size=16)
+    model = tiny_crr({"steps": 1, "batch_size": 16}, {"steps": 0})
     with caplog.at_level("WARNING"):
         _engine(tmp_path / "small", max_steps=1).fit(model=model, datamodule=datamodule)
     assert "training batches hold 8" in caplog.text and "set --data.train_batch_size 16" in caplog.text

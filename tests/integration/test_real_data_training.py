@@ -66,9 +66,10 @@ def cras_whitened(real: Path) -> AnomalibModule:
 def crr(real: Path) -> AnomalibModule:
     return CRR(
         backbone=LITE, layers=["blocks.1", "blocks.2", "blocks.4", "blocks.6"], embed_dim=128, num_heads=4,
-        decoder_depth=4, seg_size=None, warmup_steps=2, hard_mining_ramp=10, image_size=96, crop_size=96,
-        token_stride=16, seg_base_width=8, texture_dir=str(real.parent / "textures"), stage1_steps=30,
-        stage2_steps=10, visualizer=False,
+        image_size=96, crop_size=96, token_stride=16, visualizer=False,
+        stage1={"steps": 30, "warmup_steps": 2, "hard_mining_ramp": 10, "decoder_depth": 4},
+        stage2={"steps": 10, "base_width": 8, "size": None},
+        synthesis={"texture_dir": str(real.parent / "textures")},
     )  # fmt: skip
 
 

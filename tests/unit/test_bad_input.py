@@ -249,6 +249,7 @@ def test_empty_texture_folder_stops_training_with_one_line_naming_it(tmp_path, d
     empty = tmp_path / "textures"
     empty.mkdir()
     datamodule = MVTecFolder(root=demo_root, categories=["disc"], num_workers=0, train_batch_size=4)
+    model = TINY_MODELS["CRR"](synthesis={"texture_dir": str(empty)}, visualizer=False)
     with pytest.raises(BadInputError) as error:
-        _engine(tmp_path).fit(model=TINY_MODELS["CRR"](texture_dir=str(empty), visualizer=False), datamodule=datamodule)
+        _engine(tmp_path).fit(model=model, datamodule=datamodule)
     assert_one_line(error, str(empty), "texture_dir=None")

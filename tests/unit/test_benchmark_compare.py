@@ -52,11 +52,19 @@ def test_one_pass_methods_get_one_epoch_and_trained_ones_the_budget(tmp_path: Pa
 
 
 def test_crr_schedule_keeps_the_recipes_proportions() -> None:
-    recipe = {"stage1_steps": 100, "stage2_steps": 40, "warmup_steps": 10, "hard_mining_ramp": 30}
+    recipe = {
+        "stage1": {"steps": 100, "batch_size": 16, "warmup_steps": 10, "hard_mining_ramp": 30},
+        "stage2": {"steps": 40, "size": None},
+    }
     schedule = compare.crr_schedule(recipe, 45)
-    assert schedule == {"stage1_steps": 32, "stage2_steps": 13, "warmup_steps": 3, "hard_mining_ramp": 10}
+    assert schedule == {
+        "stage1": {"steps": 32, "batch_size": 16, "warmup_steps": 3, "hard_mining_ramp": 10},
+        "stage2": {"steps": 13, "size": None},
+    }  # the groups' other options kept
     assert compare.crr_schedule(recipe, 140) == recipe
-    assert compare.crr_schedule(recipe, 2)["stage2_steps"] == 1  # both stages always run
+    assert compare.crr_schedule(recipe, 2)["stage2"]["steps"] == 1  # both stages always run
+    shipped = compare.reduced_recipe("crr")["model"]["init_args"]
+    assert compare.crr_schedule(shipped, 140) == {key: shipped[key] for key in ("stage1", "stage2")}
 
 
 def test_accelerator_auto_follows_cuda_and_gpu_without_cuda_is_refused() -> None:
@@ -191,3 +199,11 @@ def test_a_method_with_image_auroc_exactly_one_half_is_flagged_degenerate() -> N
     notes = compare.degenerate_notes(results)
     assert len(notes) == 1
     assert notes[0].startswith("DEGENERATE: CRAS (ours)") and "on a " in notes[0]
+
+
+def test_the_texture_folder_is_set_where_the_recipe_names_one() -> None:
+    crr = compare.with_textures(dict(compare.reduced_recipe("crr")["model"]["init_args"]), "/textures")
+    assert crr["synthesis"] == {"texture_dir": "/textures"} and "texture_dir" not in crr  # CRR's option group
+    cras = compare.with_textures({"texture_dir": "a", "noise_std": 1.0}, None)
+    assert cras == {"texture_dir": None, "noise_std": 1.0}
+    assert compare.with_textures({"lr": 0.1}, "/textures") == {"lr": 0.1}

@@ -68,10 +68,15 @@ def test_config_builds_its_model_and_datamodule(path: Path, monkeypatch: pytest.
     _check_arguments(model_class, model_arguments, str(path))
     model = model_class(**model_arguments)
     for key, value in model_arguments.items():
-        if key in model.hparams and not isinstance(value, dict):
-            stored = model.hparams[key]
-            same = stored == value or (isinstance(value, list) and list(stored) == value)
-            assert same, f"{path}: {key} is kept as {stored!r}, the config says {value!r}"
+        stored = model.hparams.get(key)
+        pairs = []
+        if isinstance(value, dict) and isinstance(stored, dict):  # an option group (CRR's stage1, …): its options
+            pairs = [(f"{key}.{option}", item, stored.get(option)) for option, item in value.items()]
+        elif key in model.hparams and not isinstance(value, dict):
+            pairs = [(key, value, stored)]
+        for name, item, kept in pairs:
+            same = kept == item or (isinstance(item, list) and list(kept) == item)
+            assert same, f"{path}: {name} is kept as {kept!r}, the config says {item!r}"
 
     data_class = _class(config["data"]["class_path"])
     data_arguments = config["data"].get("init_args", {})

@@ -15,6 +15,7 @@ from anomalib_repair.models.crr.torch_model import TokenEncoder
 
 LITE = {"backbone": "tf_efficientnet_lite0.pypi", "pre_trained": False}
 SMALL_VIT = "vit_small_patch14_reg4_dinov2.lvd142m"  # same family as the default, 4x cheaper
+SHALLOW = {"decoder_depth": 2}  # CRR's stage-I option group: a 2-block decoder
 
 
 def _count(module: nn.Module) -> int:
@@ -100,7 +101,7 @@ def test_cnn_taps_become_tokens_by_an_isometry():
 
 
 def test_cnn_crr_trains_only_bottleneck_decoder_and_segmentation():
-    model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, image_size=64, crop_size=64, **LITE)
+    model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, stage1=SHALLOW, image_size=64, crop_size=64, **LITE)
     trainable = {name.split(".")[0] for name, p in model.model.named_parameters() if p.requires_grad}
     assert trainable == {"bottleneck", "decoder", "segmentation"}
     assert model.model.groups == [[0], [1]]
@@ -124,7 +125,9 @@ def test_each_stage_loss_of_the_torch_model_reaches_only_its_own_modules():
 
 
 def test_stage_follows_the_global_step():
-    model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, stage1_steps=5, stage2_steps=3, **LITE)
+    model = CRR(
+        layers=["blocks.2", "blocks.4"], embed_dim=64, stage1={**SHALLOW, "steps": 5}, stage2={"steps": 3}, **LITE
+    )
     assert [model.stage(step) for step in range(8)] == [1] * 5 + [2] * 3
     assert model.total_steps == 8
     assert "max_steps" not in model.trainer_arguments and "max_epochs" not in model.trainer_arguments
@@ -135,15 +138,23 @@ def test_stage_follows_the_global_step():
     assert {id(p) for group in optimizers[1].param_groups for p in group["params"]} == {
         id(p) for p in model.model.segmentation.parameters()
     }
-    without_stage2 = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, stage2_steps=0, **LITE)
+    without_stage2 = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, stage1=SHALLOW, stage2={"steps": 0}, **LITE)
     assert without_stage2.model.rec_weight == 1.0  # no trained segmentation: reconstruction map only
 
 
 def test_bad_arguments_are_one_line_errors():
-    with pytest.raises(BadInputError, match="stage1_steps"):
-        CRR(stage1_steps=0, **LITE)
+    with pytest.raises(BadInputError, match=r"stage1\.steps must be >= 1, got 0"):
+        CRR(stage1={"steps": 0}, **LITE)
+    with pytest.raises(BadInputError, match=r"stage2\.batch_size must be >= 1 or None"):
+        CRR(stage2={"batch_size": 0}, **LITE)
+    with pytest.raises(BadInputError, match=r"synthesis\.foreground must be 'auto' or 'off'"):
+        CRR(synthesis={"foreground": "object"}, **LITE)
+    with pytest.raises(BadInputError, match=r"stage2\.init must be one of reference, pytorch"):
+        CRR(stage2={"init": "xavier"}, **LITE)
+    with pytest.raises(BadInputError, match="stage1 has no option 'stepz'"):
+        CRR(stage1={"stepz": 3}, **LITE)
     with pytest.raises(BadInputError, match="groups"):
-        CRR(layers=["blocks.2", "blocks.4"], decoder_depth=2, groups=[[0, 5]], **LITE)
+        CRR(layers=["blocks.2", "blocks.4"], stage1={"decoder_depth": 2, "groups": [[0, 5]]}, **LITE)
     with pytest.raises(BadInputError, match="num_heads"):
         CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, num_heads=5, **LITE)
 
@@ -218,7 +229,7 @@ def test_synthesis_uses_the_pre_processors_own_normalisation_and_round_trips_it(
 
     mean, std = (0.2, 0.3, 0.4), (0.1, 0.2, 0.3)
     custom = PreProcessor(transform=Compose([Resize((32, 32)), Normalize(mean=list(mean), std=list(std))]))
-    model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, pre_processor=custom, **LITE)
+    model = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, stage1=SHALLOW, pre_processor=custom, **LITE)
     assert model.input_normalization() == (mean, std)
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     images = custom.transform(pixels)
@@ -226,9 +237,9 @@ def test_synthesis_uses_the_pre_processors_own_normalisation_and_round_trips_it(
     outside = masks.expand_as(images) == 0
     assert outside.any()
     torch.testing.assert_close(damaged[outside], images[outside], atol=1e-6, rtol=0)  # un-normalised, re-normalised
-    raw = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, pre_processor=PreProcessor(), **LITE)
+    raw = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, stage1=SHALLOW, pre_processor=PreProcessor(), **LITE)
     assert raw.input_normalization() == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no Normalize: images in [0, 1]
-    lite = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, decoder_depth=2, **LITE)
+    lite = CRR(layers=["blocks.2", "blocks.4"], embed_dim=64, stage1=SHALLOW, **LITE)
     assert lite.input_normalization() == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the default: Lite0's own statistics
 
 

@@ -14,10 +14,14 @@ this mixin is listed before ``AnomalibModule`` in their bases and adds:
 - backbone weights resolved when ``fit``/``validate``/``test``/``predict`` starts (never at construction), after
   Lightning restored any checkpoint (which carries them, so nothing is fetched then);
 - a checkpoint's saved arguments rebuild a default-constructed model before its weights load (checkpoint-only
-  ``anomalib test|predict --ckpt_path``);
+  ``anomalib test|predict --ckpt_path``), those of an earlier release first renamed by the model;
 - the category index of the running datamodule (:mod:`anomalib_repair.data.category`);
 - interruption safety (:mod:`anomalib_repair.callbacks`): atomic checkpoint files, per-rank random streams under
   DDP and random states saved in checkpoints (the :class:`~anomalib_repair.callbacks.TrainingState` callback).
+
+Longer than the ~400 lines of the other modules because it is one mixin: each item above is a Lightning or anomalib
+hook of the same class (split across modules, the hooks of one ``RepairModuleMixin`` would be harder to follow),
+and the per-category statistics passes every model's training uses share its data iteration.
 """
 
 from __future__ import annotations
@@ -65,6 +69,21 @@ CATEGORY_KEY = "anomalib_repair_categories"
 RESIZE_MODES = ("square", "shorter_side")
 """``"square"``: every image to ``image_size × image_size`` (aspect ratio not kept); ``"shorter_side"``: the shorter
 side to ``image_size``, the aspect ratio kept (torchvision's ``Resize(int)``, the CRAS/GLASS authors' pipeline)."""
+
+
+def _differences(differing: dict[str, tuple[Any, Any]]) -> list[str]:
+    """``name=saved (given given)`` for each differing argument; an option group (a dict) names its own options."""
+    lines = []
+    for key, (given, saved) in differing.items():
+        if isinstance(given, dict) and isinstance(saved, dict):
+            lines += [
+                f"{key}.{option}={saved.get(option)!r} (given {given.get(option)!r})"
+                for option in dict.fromkeys([*saved, *given])
+                if saved.get(option) != given.get(option)
+            ]
+        else:
+            lines.append(f"{key}={saved!r} (given {given!r})")
+    return lines
 
 
 def build_pre_processor(
@@ -232,6 +251,11 @@ class RepairModuleMixin:
         load_backbone_weights(self)  # type: ignore[arg-type]
         super().on_predict_start()  # type: ignore[misc]
 
+    @classmethod
+    def upgrade_saved_arguments(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's saved arguments in the model's current form (renamed options; here: unchanged)."""
+        return dict(saved)
+
     def adopt_checkpoint_configuration(
         self, checkpoint: dict[str, Any], source: str = ""
     ) -> dict[str, tuple[Any, Any]]:
@@ -243,14 +267,17 @@ class RepairModuleMixin:
         pre-processing and every configured value are taken from a model built with the checkpoint's arguments
         (nothing is downloaded: backbone weights come from the checkpoint's state dict). Called from
         :meth:`on_load_checkpoint`, which Lightning runs before loading the state dict. Returns the arguments that
-        differed, ``{name: (given, saved)}``; one warning line names them.
+        differed, ``{name: (given, saved)}``; one warning line names them (for option groups, the options that
+        differ). Saved arguments of an earlier release are first brought to the current form
+        (:meth:`upgrade_saved_arguments`: e.g. CRR's flat options into its option groups).
         """
         saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key not in _COMPONENTS}
+        saved = self.upgrade_saved_arguments(saved)
         current = dict(getattr(self, "hparams", {}))
         differing = {key: (current.get(key), value) for key, value in saved.items() if current.get(key) != value}
         if not differing:
             return {}
-        names = ", ".join(f"{key}={saved_value!r} (given {given!r})" for key, (given, saved_value) in differing.items())
+        names = ", ".join(_differences(differing))
         logger.warning("%s is rebuilt as saved in the checkpoint%s: %s.", type(self).__name__, source, names)
         signature = inspect.signature(type(self).__init__).parameters
         fresh = type(self)(**{key: value for key, value in saved.items() if key in signature})

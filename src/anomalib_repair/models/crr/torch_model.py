@@ -1,7 +1,7 @@
 """PyTorch network of CRR: frozen encoder, masking bottleneck, linear-attention decoder, segmentation network.
 
 One module for the paper's one network: the four parts are small classes here, wired by :class:`CrrModel`, which
-also owns both stages' losses and the fused anomaly map (about 440 lines in all).
+also owns both stages' losses and the fused anomaly map (about 460 lines in all).
 """
 
 from __future__ import annotations
