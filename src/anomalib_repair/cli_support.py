@@ -10,6 +10,8 @@ entry point), it
 - refuses, in one line, ``predict`` on a folder without images, a missing ``--ckpt_path`` and ``export``
   without one, before a model is built (:func:`check_cli_arguments`), and sends ``export`` without
   ``--export_root`` to the checkpoint's own run folder (:func:`export_root_for`);
+- says in one line which ``--model.*`` arguments an ``export`` ignores because they contradict the checkpoint
+  (anomalib exports the model the checkpoint describes: :func:`ignored_export_arguments`);
 - makes ``--seed_everything N`` seed the run, which anomalib's CLI parses but never applies
   (:mod:`anomalib_repair.seeding`), by wrapping the CLI's ``before_instantiate_classes`` hook;
 - turns the parser's multi-line refusal of CRR's flat option names of earlier releases (``--model.stage1_steps``,
@@ -23,7 +25,10 @@ program's own and nothing is seeded.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,6 +59,61 @@ def export_root_for(checkpoint: Path) -> Path:
     return checkpoint.parent / f"{checkpoint.stem}_export"
 
 
+_COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
+
+
+def _plain(value: Any) -> Any:
+    """A value as plain data for comparison: dataclasses and jsonargparse namespaces as dicts, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if hasattr(value, "as_dict"):
+        return _plain(value.as_dict())
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def ignored_export_arguments(model_config: Any, checkpoint: Path) -> list[str]:
+    """The ``--model.*`` values that ``export`` will not use: given, unlike the class's default and the checkpoint's.
+
+    anomalib's export builds the model from the checkpoint's saved arguments alone, so a value given on the command
+    line (or in a ``--config``) that differs from what the checkpoint was trained with is dropped; each is named as
+    ``--model.NAME VALUE (checkpoint: SAVED)`` (option groups by their options, ``--model.stage1.steps``).
+    """
+    import torch
+
+    class_path = str(_plain(model_config.get("class_path", "")) if hasattr(model_config, "get") else "")
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name:
+        return []
+    model_class = getattr(importlib.import_module(module_name), class_name, None)
+    if model_class is None:
+        return []
+    given = _plain(model_config.get("init_args") or {})
+    parameters = inspect.signature(model_class).parameters
+    defaults = {name: _plain(p.default) for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    upgrade = getattr(model_class, "upgrade_saved_arguments", None)
+    saved = _plain(upgrade(dict(saved)) if upgrade is not None else dict(saved))
+    ignored: list[str] = []
+    for name, value in given.items():
+        if name in _COMPONENTS or name not in saved:
+            continue
+        default, kept = defaults.get(name), saved[name]
+        if isinstance(value, dict) and isinstance(kept, dict):
+            group_default = default if isinstance(default, dict) else {}
+            ignored += [
+                f"--model.{name}.{option} {item} (checkpoint: {kept.get(option)})"
+                for option, item in value.items()
+                if item not in (group_default.get(option), kept.get(option))
+            ]
+        elif value not in (default, kept):
+            ignored.append(f"--model.{name} {value} (checkpoint: {kept})")
+    return ignored
+
+
 def check_cli_arguments(cli: Any) -> None:
     """Refuse, before any model is built, what would fail later with a long traceback.
 
@@ -73,6 +133,14 @@ def check_cli_arguments(cli: Any) -> None:
         raise BadInputError(msg)
     if subcommand == "export" and not section.get("export_root"):
         section["export_root"] = str(export_root_for(Path(str(ckpt_path))))
+    if subcommand == "export" and section.get("model") is not None:
+        ignored = ignored_export_arguments(section.get("model"), Path(str(ckpt_path)))
+        if ignored:
+            print(  # noqa: T201 - one line for the person at the command line
+                "warning: export builds the model the checkpoint describes and ignores "
+                f"{'; '.join(ignored)} (train again to change them).",
+                file=sys.stderr,
+            )
     data = section.get("data")
     if subcommand == "predict" and isinstance(data, str | Path):
         target = Path(data)

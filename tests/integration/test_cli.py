@@ -175,6 +175,29 @@ def _mvtec_named_copy(demo_root: Path, target: Path) -> Path:
     return target
 
 
+def _exports_with_the_checkpoint_only(model: list[str], checkpoint: Path, root: Path, run_dir: Path) -> None:
+    """torch, ONNX and OpenVINO exports from the checkpoint: where they go, what they print."""
+    for export_type, suffix in (("torch", ".pt"), ("onnx", ".onnx"), ("openvino", ".xml")):
+        # openvino without --export_root: it goes to the checkpoint's own run folder, not a shared results/weights
+        where = [] if export_type == "openvino" else ["--export_root", str(root / "exported")]
+        # a model argument that contradicts the checkpoint is named in one line (the checkpoint's value is used)
+        contradicting = ["--model.image_size", "96"] if export_type == "onnx" else []
+        exported = _run(
+            ["export", *model, *contradicting, "--export_type", export_type, "--ckpt_path", str(checkpoint), *where],
+            root,
+        )
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        ignored = [line for line in exported.stderr.splitlines() if "export builds the model the checkpoint" in line]
+        assert len(ignored) == (1 if contradicting else 0), exported.stderr[-2000:]
+        assert not contradicting or "--model.image_size 96 (checkpoint: " in ignored[0]
+        folder = (root / "exported" if where else run_dir) / "weights" / export_type
+        files = list(folder.glob(f"*{suffix}"))
+        assert files, export_type
+        assert f"Exported model: {files[0]}" in exported.stdout, exported.stdout[-2000:]
+        output = exported.stdout + exported.stderr
+        assert output.count("\n") < 150, f"{export_type} export printed {output.count(chr(10))} lines"
+
+
 def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
     """fit → validate → train → test (same table) → predict (maps and overlays) → export ×3, all via the CLI.
 
@@ -235,17 +258,7 @@ def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
     assert list(Path(said["pictures"]).rglob("*.png")), "the printed pictures folder holds the pictures"
     assert "Unexpected keys" not in predicted.stdout + predicted.stderr, "timm's headless-backbone warning"
 
-    for export_type, suffix in (("torch", ".pt"), ("onnx", ".onnx"), ("openvino", ".xml")):
-        # openvino without --export_root: it goes to the checkpoint's own run folder, not a shared results/weights
-        where = [] if export_type == "openvino" else ["--export_root", str(root / "exported")]
-        exported = _run(["export", *model, "--export_type", export_type, "--ckpt_path", str(checkpoint), *where], root)
-        assert exported.returncode == 0, exported.stderr[-3000:]
-        folder = (root / "exported" if where else run_dir) / "weights" / export_type
-        files = list(folder.glob(f"*{suffix}"))
-        assert files, export_type
-        assert f"Exported model: {files[0]}" in exported.stdout, exported.stdout[-2000:]
-        output = exported.stdout + exported.stderr
-        assert output.count("\n") < 150, f"{export_type} export printed {output.count(chr(10))} lines"
+    _exports_with_the_checkpoint_only(model, checkpoint, root, run_dir)
     assert not (root / "results" / "weights").exists(), "no export into the shared results/weights folder"
 
 
