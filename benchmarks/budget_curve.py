@@ -101,6 +101,9 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "noise_std=0.3", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_128_whitened.csv"),
     ("--method", "cras", "--budgets", "1", "3", "10", "--seeds", "0", "1", "2", "--image-size", "256", "--set",
      "residual=whitened", "noise_std=0.3", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_256_whitened.csv"),
+    # MFRNet at 256 px (one seed; its minutes are inflated: other jobs shared the cores)
+    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--image-size", "256",
+     "--output", f"{RESULTS}/mfrnet_256.csv"),
     # CRAS image score read three ways from the same trainings (the paper's patch maximum, the map's maximum, the
     # mean of its top 1 %): within the seed spread on the tune half, so the paper's stays
     ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "1", "2", "--image-scores", "patch_max", "map_max",
