@@ -183,6 +183,39 @@ def test_export_and_inferencers_give_the_lightning_scores(
             assert label == reference[path][2], (path, score)  # 1e-6 difference of the graphs may flip a label
 
 
+def test_an_exported_model_given_an_image_of_another_size_scores_as_the_validated_pipeline(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera image larger than the model's input and not square: the exported graph resizes it with antialiasing.
+
+    The reference is what ``anomalib test`` computes: torchvision's ``Resize(antialias=True)`` (the pre-processor's
+    transform), then the model. anomalib's own export transform would resize without antialiasing.
+    """
+    from anomalib.data.utils import read_image
+    from PIL import Image
+    from torchvision.transforms.v2 import Compose, Normalize
+
+    source = sorted(p for p in trained.datamodule.test_data.samples.image_path if "/good/" not in p)[0]
+    raw_path = tmp_path / "camera.png"
+    Image.open(source).convert("RGB").resize((157, 93), Image.Resampling.BICUBIC).save(raw_path)
+    raw = read_image(raw_path, as_tensor=True)
+    model = trained.model.eval()
+    # the validated pipeline's resize (and crop), torchvision's; the model's forward then normalises
+    geometry = Compose([step for step in model.pre_processor.transform.transforms if not isinstance(step, Normalize)])
+    with torch.no_grad():
+        reference = model(geometry(raw)[None])
+    exported = trained.engine.export(
+        model=model, export_type=ExportType.OPENVINO, export_root=tmp_path / "export_openvino"
+    )
+    monkeypatch.chdir(tmp_path)
+    inferencer = OpenVINOInferencer(path=exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    prediction = inferencer.predict(raw_path)
+    score = float(np.asarray(prediction.pred_score).ravel()[0])
+    anomaly_map = torch.as_tensor(np.asarray(prediction.anomaly_map)).squeeze().float()
+    assert score == pytest.approx(float(reference.pred_score.ravel()[0]), abs=ATOL)
+    torch.testing.assert_close(anomaly_map, reference.anomaly_map.squeeze().float(), atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_anomalib_single_category_datamodules(name: str, demo_root: Path, tmp_path: Path) -> None:
     """anomalib's own ``MVTecAD(category=…)`` and ``Folder`` work unchanged (one category, no category index)."""

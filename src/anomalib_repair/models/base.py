@@ -47,6 +47,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 from anomalib_repair.callbacks import install_atomic_checkpoint_io, model_callbacks
 from anomalib_repair.components.backbone import backbone_normalization, load_backbone_weights
 from anomalib_repair.components.category_prototypes import CategoryPrototypes
+from anomalib_repair.components.exportable_resize import exportable_transform
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices, category_index_for
 from anomalib_repair.data.sampling import shard_sampler
 from anomalib_repair.errors import BadInputError
@@ -86,6 +87,24 @@ def _differences(differing: dict[str, tuple[Any, Any]]) -> list[str]:
     return lines
 
 
+class RepairPreProcessor(PreProcessor):
+    """The pre-processor of anomalib, whose exported graph here resizes with antialiasing as training and testing did.
+
+    anomalib exports ``Resize(antialias=True)`` without antialiasing; here the export transform keeps it
+    (:func:`~anomalib_repair.components.exportable_resize.exportable_transform`), so a deployed model given an image
+    of any size sees the pixels the validated model saw.
+    """
+
+    def __init__(self, transform: Any = None) -> None:
+        super().__init__(transform=transform)
+        self.export_transform = exportable_transform(self.transform)
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore as anomalib does, then the antialiased export transform again."""
+        super().load_checkpoint_config(config)
+        self.export_transform = exportable_transform(self.transform)
+
+
 def build_pre_processor(
     backbone: str, image_size: int, crop_size: int | None, resize_mode: str = "square"
 ) -> PreProcessor:
@@ -107,7 +126,7 @@ def build_pre_processor(
     if crop_size is not None and (crop_size != image_size or resize_mode == "shorter_side"):
         steps.append(CenterCrop((crop_size, crop_size)))
     steps.append(Normalize(mean=list(mean), std=list(std)))
-    return PreProcessor(transform=Compose(steps))
+    return RepairPreProcessor(transform=Compose(steps))
 
 
 def pre_processor_normalization(pre_processor: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
