@@ -50,15 +50,13 @@ def _worker(model_key: str, root: str, categories: str, epochs: int, crr_steps: 
     import yaml
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
+    from suite.methods import with_textures
 
     import anomalib_repair
 
     recipe = yaml.safe_load((ROOT / "configs" / model_key / "cpu_reduced.yaml").read_text())
     init = dict(recipe["model"]["init_args"])
-    if "texture_dir" in init:
-        init["texture_dir"] = None  # self-augmented sources: the run needs no folder beside the repository
-    if "texture_dir" in init.get("synthesis", {}):
-        init["synthesis"] = {**init["synthesis"], "texture_dir": None}  # CRR's option group
+    with_textures(init, None)  # self-augmented sources: the run needs no folder beside the repository
     steps = None
     if model_key == "crr":  # fewer steps than the recipe's 100 + 40 (stated in the output)
         init["stage1"] = {**init["stage1"], "steps": crr_steps[0]}

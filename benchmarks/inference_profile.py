@@ -48,7 +48,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite.methods import reduced_recipe
+from suite.methods import reduced_recipe, with_textures
 from suite.settings import LAYERS, OURS, PADIM_N_FEATURES, REPO_ROOT
 from suite.timing import ms_per_image
 
@@ -99,9 +99,7 @@ def build_lightning(method: str, size: int) -> Any:
     for key in ("image_size", "crop_size"):
         if key in init:
             init[key] = size
-    init.pop("texture_dir", None)
-    if isinstance(init.get("synthesis"), dict):  # CRR's option group
-        init["synthesis"] = {key: value for key, value in init["synthesis"].items() if key != "texture_dir"}
+    with_textures(init, None)  # self-augmented sources: timing needs no texture folder
     lightning = getattr(anomalib_repair, OURS[method])(**init, visualizer=False)
     network = lightning.model.eval()
     load_backbone_weights(network)

@@ -59,9 +59,6 @@ def export_root_for(checkpoint: Path) -> Path:
     return checkpoint.parent / f"{checkpoint.stem}_export"
 
 
-_COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
-
-
 def _plain(value: Any) -> Any:
     """A value as plain data for comparison: dataclasses and jsonargparse namespaces as dicts, tuples as lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -84,6 +81,8 @@ def ignored_export_arguments(model_config: Any, checkpoint: Path) -> list[str]:
     """
     import torch
 
+    from anomalib_repair.models.base import COMPONENTS
+
     class_path = str(_plain(model_config.get("class_path", "")) if hasattr(model_config, "get") else "")
     module_name, _, class_name = class_path.rpartition(".")
     if not module_name:
@@ -94,12 +93,13 @@ def ignored_export_arguments(model_config: Any, checkpoint: Path) -> list[str]:
     given = _plain(model_config.get("init_args") or {})
     parameters = inspect.signature(model_class).parameters
     defaults = {name: _plain(p.default) for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    # mmap: only the saved arguments are read here; the weights stay on disk for the export's own load
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
     upgrade = getattr(model_class, "upgrade_saved_arguments", None)
     saved = _plain(upgrade(dict(saved)) if upgrade is not None else dict(saved))
     ignored: list[str] = []
     for name, value in given.items():
-        if name in _COMPONENTS or name not in saved:
+        if name in COMPONENTS or name not in saved:
             continue
         default, kept = defaults.get(name), saved[name]
         if isinstance(value, dict) and isinstance(kept, dict):

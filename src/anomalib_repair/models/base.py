@@ -55,7 +55,7 @@ from anomalib_repair.evaluation import PerCategoryEvaluator, PerCategoryPostProc
 from anomalib_repair.quiet_logs import EXPORT_LOGGERS, quieter
 from anomalib_repair.visualization import CategoryImageVisualizer
 
-_COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
+COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
 """anomalib's components: built by the running command, never replaced from a checkpoint's arguments."""
 
 # torch's ONNX exporter implements opset >= 18 only; anomalib asks for 14, and the down-conversion fails on
@@ -290,7 +290,7 @@ class RepairModuleMixin:
         differ). Saved arguments of an earlier release are first brought to the current form
         (:meth:`upgrade_saved_arguments`: e.g. CRR's flat options into its option groups).
         """
-        saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key not in _COMPONENTS}
+        saved = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if key not in COMPONENTS}
         saved = self.upgrade_saved_arguments(saved)
         current = dict(getattr(self, "hparams", {}))
         differing = {key: (current.get(key), value) for key, value in saved.items() if current.get(key) != value}
@@ -301,7 +301,7 @@ class RepairModuleMixin:
         signature = inspect.signature(type(self).__init__).parameters
         fresh = type(self)(**{key: value for key, value in saved.items() if key in signature})
         for name, module in fresh.named_children():  # type: ignore[attr-defined]
-            if name not in _COMPONENTS:
+            if name not in COMPONENTS:
                 setattr(self, name, module)
         for key in saved:
             value = getattr(fresh, key, None)

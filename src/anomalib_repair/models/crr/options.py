@@ -256,7 +256,7 @@ def resolve_groups(groups: Mapping[str, Any], legacy: Mapping[str, Any], owner: 
 
 def as_plain_dict(options: Any) -> dict[str, Any]:
     """A group's dataclass as a plain dict (what the hyperparameters and checkpoints hold)."""
-    return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
+    return dataclasses.asdict(options)
 
 
 def group_flat_arguments(saved: Mapping[str, Any]) -> dict[str, Any]:
