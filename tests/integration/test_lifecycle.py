@@ -30,6 +30,7 @@ from lightning.pytorch import seed_everything
 
 import anomalib_repair
 from anomalib_repair import MVTecFolder
+from checkpoint_only import WEIGHTS_PACKAGE, refuse_network_and_weights
 from tiny_models import TINY_MODELS
 
 ATOL = 1e-4
@@ -117,8 +118,21 @@ def test_validate_recomputes_finite_thresholds(trained: Trained) -> None:
     assert threshold == pytest.approx(learned, rel=1e-5)  # same model, same validation data
 
 
-def test_checkpoint_reloads_weights_only_and_reproduces_the_test_metrics(trained: Trained) -> None:
+def _nothing_but_the_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network and no packaged backbone weights from here on (checked): only the checkpoint can rebuild a model."""
+    refuse_network_and_weights(monkeypatch)
+    with pytest.raises(ImportError):
+        __import__(WEIGHTS_PACKAGE)
+    with pytest.raises(OSError, match="refused"):
+        socket.create_connection(("huggingface.co", 443), timeout=1)
+
+
+def test_checkpoint_reloads_weights_only_and_reproduces_the_test_metrics(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``M.load_from_checkpoint(CK)`` with nothing but the checkpoint: same test metrics."""
     checkpoint = _checkpoint(trained)
+    _nothing_but_the_checkpoint(monkeypatch)
     torch.load(checkpoint, weights_only=True, map_location="cpu")  # anomalib's safe loading mode
     restored = type(trained.model).load_from_checkpoint(checkpoint)  # hyper-parameters come from the checkpoint
     engine = _engine(trained.root / "retest")
@@ -181,6 +195,40 @@ def test_export_and_inferencers_give_the_lightning_scores(
         torch.testing.assert_close(anomaly_map.float(), reference[path][1].float(), atol=ATOL, rtol=0)
         if abs(reference[path][0] - 0.5) > ATOL:  # at the threshold itself (validation here is the test set), a
             assert label == reference[path][2], (path, score)  # 1e-6 difference of the graphs may flip a label
+
+
+def _readme_torch_inferencer_command() -> str:
+    """The README's ``TorchInferencer`` line (between ``<!-- torch-inferencer -->`` markers), continuations joined."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text[text.index("<!-- torch-inferencer -->") : text.index("<!-- /torch-inferencer -->")]
+    body = block.split("```bash", 1)[1].split("```", 1)[0]
+    return body.replace("\\\n", " ").strip()
+
+
+@pytest.mark.parametrize("trained", ["CRAS"], indirect=True)  # the line is the same for every model
+def test_the_readme_torch_inferencer_line_runs_as_written(trained: Trained, tmp_path: Path) -> None:
+    """The README's ``TRUST_REMOTE_CODE=1 python -c …TorchInferencer…`` line, run by bash in a subprocess."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    command = _readme_torch_inferencer_command()
+    assert command.startswith("TRUST_REMOTE_CODE=1 python -c") and "RUN/weights/torch/model.pt" in command
+    trained.engine.export(model=trained.model, export_type=ExportType.TORCH, export_root=tmp_path / "RUN")
+    reference = _predicted(trained)
+    image = sorted(reference)[0]
+    image_file = tmp_path / "image.png"
+    image_file.write_bytes(Path(image).read_bytes())
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(source), os.environ.get("PYTHONPATH"))))}  # fmt: skip
+    env.pop("TRUST_REMOTE_CODE", None)  # the line sets it itself
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = re.findall(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", result.stdout.strip().splitlines()[-1])
+    assert printed and float(printed[0]) == pytest.approx(reference[image][0], abs=ATOL), result.stdout[-500:]
 
 
 def test_an_exported_model_given_an_image_of_another_size_scores_as_the_validated_pipeline(
@@ -262,14 +310,16 @@ def test_anomalib_finds_our_models_by_name(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_checkpoint_alone_rebuilds_a_default_constructed_model(
-    trained: Trained, caplog: pytest.LogCaptureFixture
+    trained: Trained, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``Engine().test(model=<Model>(), ckpt_path=CK)`` (what ``anomalib test --model ... --ckpt_path CK`` does).
 
     The default construction is the paper's network (another backbone, other sizes); the checkpoint's saved
-    arguments rebuild the tiny one before its weights load, offline, and the metrics are the trained model's.
+    arguments rebuild the tiny one before its weights load, with nothing but the checkpoint (no network, no packaged
+    backbone weights), and the metrics are the trained model's.
     """
     checkpoint = _checkpoint(trained)
+    _nothing_but_the_checkpoint(monkeypatch)
     default = type(trained.model)()
     engine = _engine(trained.root / "checkpoint_only")
     with caplog.at_level("WARNING"):
