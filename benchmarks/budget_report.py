@@ -19,7 +19,6 @@ import argparse
 import csv
 import datetime as dt
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -197,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.folder / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     for row in table:
         if row["half"] == "report":
-            sd = row["image_AUROC_sd"] if row["image_AUROC_sd"] != "" else math.nan
+            sd = f"±{row['image_AUROC_sd']:.3f}" if row["image_AUROC_sd"] != "" else " (1 seed)"
             flag = "  DEGENERATE" if row["degenerate"] else ""
             print(
                 f"{row['method']:10s} {row['variant'][:40]:40s} {row['image_size']:>4s} {row['score_mode']:12s} "
                 f"{row['image_score']:12s} "
-                f"{row['budget']:>5s} {row['train_min']:7.2f} min  I {row['image_AUROC']:.3f}±{sd:.3f}  "
+                f"{row['budget']:>5s} {row['train_min']:7.2f} min  I {row['image_AUROC']:.3f}{sd}  "
                 f"P {row['pixel_AUROC']:.3f}  PRO {row['pixel_AUPRO']:.3f}{flag}"
             )
     return 0
