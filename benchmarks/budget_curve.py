@@ -161,6 +161,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CRAS: evaluate each of these image_score settings from the same training (default: the model's own)",
     )
     parser.add_argument(
+        "--map-sigmas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="evaluate the same training with each Gaussian sigma of the anomaly map (ours and anomalib's models; "
+        "rows labelled '<variant> map_sigma=S'; default: the model's own)",
+    )
+    parser.add_argument(
         "--no-image-cache",
         action="store_true",
         help="decode the training images every epoch (default: keep them decoded in memory, the same items)",
@@ -333,12 +341,29 @@ def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:
 
 
 def evaluate(
-    model: Any, test_set: TestSet, both_modes: bool, image_scores: list[str] | None = None
+    model: Any,
+    test_set: TestSet,
+    both_modes: bool,
+    image_scores: list[str] | None = None,
+    map_sigmas: list[float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one evaluation (CRAS: per score mode and image-score setting, all from the same weights).
+    """Rows of one evaluation (per map sigma; CRAS: per score mode and image-score setting), all from the same weights.
 
-    ``both_modes`` adds the paper's probability scores; ``image_scores`` evaluates once per ``image_score``.
+    ``both_modes`` adds the paper's probability scores; ``image_scores`` evaluates once per ``image_score``;
+    ``map_sigmas`` once per Gaussian sigma of the anomaly map (the generator rebuilt with that sigma; rows carry
+    ``map_sigma``).
     """
+    if map_sigmas:
+        network = model.model
+        original_generator = network.anomaly_map_generator
+        rows = []
+        try:
+            for sigma in map_sigmas:
+                network.anomaly_map_generator = type(original_generator)(sigma=sigma)
+                rows += [{**row, "map_sigma": sigma} for row in evaluate(model, test_set, both_modes, image_scores)]
+        finally:
+            network.anomaly_map_generator = original_generator
+        return rows
     network = model.model
     original = getattr(network, "score_mode", "")
     original_image_score = getattr(network, "image_score", "")
@@ -435,8 +460,11 @@ def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestS
     held = test_set
 
     def record(budget_value: int, minutes: float, unit: str) -> None:
-        rows = evaluate(model, held, args.both_score_modes, args.image_scores)
+        rows = evaluate(model, held, args.both_score_modes, args.image_scores, args.map_sigmas)
         extra = {"budget": budget_value, "budget_unit": unit, "train_min": minutes}
+        for row in rows:  # a map sigma of the study is part of the configuration's label
+            if "map_sigma" in row:
+                row["variant"] = f"{variant} map_sigma={row.pop('map_sigma'):g}"
         append_rows(args.output, [{**base, **extra, **row} for row in rows])
 
     run_dir = args.output.parent / "runs" / args.output.stem

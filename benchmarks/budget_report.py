@@ -147,13 +147,20 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
 
 
 def best_peer_settings(table: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """For each peer and image size, the variant with the best mean I-AUROC on the **tune** half."""
+    """For each peer and image size, the variant with the best mean I-AUROC + P-AUROC on the **tune** half.
+
+    The sum ranks settings that move only the maps (a map sigma) as well as those that move the image scores.
+    """
+
+    def merit(row: dict[str, Any]) -> float:
+        return float(row["image_AUROC"]) + float(row.get("pixel_AUROC") or 0.0)
+
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for row in table:
         if row["method"] not in PEERS or row["half"] != "tune":
             continue
         key = (row["method"], str(row["image_size"]))
-        if key not in best or float(row["image_AUROC"]) > float(best[key]["image_AUROC"]):
+        if key not in best or merit(row) > merit(best[key]):
             best[key] = row
     return {key: row["variant"] for key, row in best.items()}
 

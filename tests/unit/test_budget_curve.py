@@ -94,3 +94,36 @@ def test_peers_are_drawn_at_their_best_setting_on_the_tune_half_not_the_report_h
         {"method": "cras", "variant": "recipe", "image_size": 128, "half": "tune", "image_AUROC": 1.0},
     ]
     assert report.best_peer_settings(rows) == {("padim", "128"): "n_features=50", ("padim", "256"): "n_features=100"}
+
+
+def test_a_peer_setting_that_moves_only_the_maps_is_chosen_by_its_tune_pixel_auroc():
+    rows = [
+        {"method": "patchcore", "variant": "r map_sigma=4", "image_size": 128, "half": "tune", "image_AUROC": 0.98,
+         "pixel_AUROC": 0.88},
+        {"method": "patchcore", "variant": "r map_sigma=2", "image_size": 128, "half": "tune", "image_AUROC": 0.98,
+         "pixel_AUROC": 0.90},
+        {"method": "patchcore", "variant": "r map_sigma=4", "image_size": 128, "half": "report", "image_AUROC": 0.98,
+         "pixel_AUROC": 0.99},
+    ]  # fmt: skip
+    assert report.best_peer_settings(rows) == {("patchcore", "128"): "r map_sigma=2"}
+
+
+def test_map_sigmas_evaluate_the_same_weights_once_per_sigma_and_restore_the_generator(monkeypatch):
+    from types import SimpleNamespace
+
+    from anomalib_repair.components.anomaly_map import AnomalyMapGenerator
+
+    original = AnomalyMapGenerator(sigma=4.0)
+    network = SimpleNamespace(anomaly_map_generator=original)
+    seen = []
+
+    def fake_metrics(net, test_set):
+        del test_set
+        seen.append(net.anomaly_map_generator.blur.kernel.shape[-1])  # 2 * round(4 sigma) + 1
+        return [{"half": "tune", "category": "mean", "image_AUROC": 1.0, "pixel_AUROC": 1.0}]
+
+    monkeypatch.setattr(curve, "metrics_by_half", fake_metrics)
+    rows = curve.evaluate(SimpleNamespace(model=network), None, False, None, [2.0, 8.0])
+    assert seen == [17, 65]
+    assert [row["map_sigma"] for row in rows] == [2.0, 8.0]
+    assert network.anomaly_map_generator is original
