@@ -207,3 +207,23 @@ def test_the_texture_folder_is_set_where_the_recipe_names_one() -> None:
     cras = compare.with_textures({"texture_dir": "a", "noise_std": 1.0}, None)
     assert cras == {"texture_dir": None, "noise_std": 1.0}
     assert compare.with_textures({"lr": 0.1}, "/textures") == {"lr": 0.1}
+
+
+def _inference_profile() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("inference_profile", ROOT / "benchmarks" / "inference_profile.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inference_profile_flags_a_model_not_ahead_of_padims_ratio_at_the_same_size_and_batch() -> None:
+    profile = _inference_profile()
+    timing = [
+        {"method": "padim", "image_size": 128, "batch": 1, "x_backbone": 1.6},
+        {"method": "cras", "image_size": 128, "batch": 1, "x_backbone": 1.4},
+        {"method": "crr", "image_size": 128, "batch": 1, "x_backbone": 1.7},
+        {"method": "crr", "image_size": 256, "batch": 1, "x_backbone": 1.2},  # no PaDiM row at 256 px
+    ]
+    assert [profile.ahead_of_padim(row, timing) for row in timing] == [None, True, False, None]
+    assert profile.family("cras_whitened") == "cras" and profile.STAGES["cras_whitened"] == profile.STAGES["cras"]
