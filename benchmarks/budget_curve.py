@@ -7,7 +7,8 @@ benchmark's backbone and pre-processing (:mod:`compare`), and evaluates it at ev
 - epoch-trained methods (CRAS, MFRNet): one training per seed up to the largest budget, evaluated at the end of
   each budget epoch (the clock stops while it evaluates);
 - CRR (a stage switch by step count): one training per budget, its two stages scaled as in its recipe;
-- PaDiM / PatchCore: one pass (their setting comes from ``--set``; budgets are ignored).
+- PaDiM / PatchCore: one pass (their setting comes from ``--set``; budgets are ignored);
+- GLASS (anomalib's): epochs, as CRAS, with the benchmark's texture folder (``--set gaussian_noise_std=…``).
 
 Evaluation takes the model's **raw** outputs (``pred_score``, ``anomaly_map``; no post-processing, no clamping)
 on every test image once, then scores the two seeded halves of :mod:`anomalib_repair.data.eval_halves`
@@ -42,7 +43,8 @@ import compare
 
 from anomalib_repair.evaluation.ranks import unit_ranks
 
-PEERS = ("padim", "patchcore")
+PEERS = ("padim", "patchcore")  # anomalib's one-pass models: drawn as lines at their best setting on the tune half
+TRAINED_PEERS = ("glass",)  # anomalib's epoch-trained models: curves like ours (its noise std swept with --set)
 RESULTS = "benchmarks/results/budget_curves"
 # The recorded curves (``nox -s curves`` re-runs every entry, then ``budget_report.py``): the arguments of each run.
 PLAN: tuple[tuple[str, ...], ...] = (
@@ -148,7 +150,7 @@ COLUMNS = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=(*compare.OURS, *PEERS))
+    parser.add_argument("--method", choices=(*compare.OURS, *PEERS, *TRAINED_PEERS))
     parser.add_argument("--plan", action="store_true", help="run every recorded curve (PLAN), then the report")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10], help="epochs (CRR: steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -245,6 +247,8 @@ def build_model(args: argparse.Namespace, settings: compare.Settings, budget: in
         return compare.check_pretrained(
             Patchcore(backbone=compare.TIMM_BACKBONE, layers=list(compare.LAYERS), pre_trained=True, **kwargs)
         )
+    if args.method == "glass":
+        return compare.build_glass(settings, **extra)
     model_class = getattr(anomalib_repair, compare.OURS[args.method])
     init = dict(compare.reduced_recipe(args.method)["model"]["init_args"])
     for key in ("image_size", "crop_size"):
@@ -552,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = "budget_curve.py needs --method and --output (or --plan for every recorded curve)"
         raise SystemExit(msg)
     record_command(args.output, argv)
-    if args.method in PEERS:  # anomalib's pre_trained=True finds the packaged weights in a private hub cache
+    if args.method in (*PEERS, *TRAINED_PEERS):  # anomalib's pre_trained=True finds the packaged weights in a cache
         folder = str(compare.hub_cache())
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_HUB_CACHE"] = folder

@@ -234,22 +234,26 @@ def time_coreset(model: Any) -> None:
     network.subsample_embedding = timed_subsample
 
 
-def build_glass(settings: Settings) -> Any:
-    """anomalib's GLASS (frozen pretrained backbone, the anomaly textures of the settings)."""
+def build_glass(settings: Settings, **overrides: Any) -> Any:
+    """anomalib's GLASS (frozen pretrained backbone, the anomaly textures of the settings).
+
+    ``overrides`` are further keyword arguments of anomalib's ``Glass`` (the budget curves sweep
+    ``gaussian_noise_std``).
+    """
     from anomalib.models import Glass
 
     size = settings.image_size
-    model = Glass(
-        input_shape=(size, size),
-        anomaly_source_path=settings.textures,
-        backbone=TIMM_BACKBONE,
-        layers=list(LAYERS),
-        pre_trained=True,
-        pretrain_embed_dim=EMBED_DIM,
-        target_embed_dim=EMBED_DIM,
-        **common_kwargs(settings),
-    )
-    return check_pretrained(model)
+    kwargs = {
+        "input_shape": (size, size),
+        "anomaly_source_path": settings.textures,
+        "backbone": TIMM_BACKBONE,
+        "layers": list(LAYERS),
+        "pre_trained": True,
+        "pretrain_embed_dim": EMBED_DIM,
+        "target_embed_dim": EMBED_DIM,
+        **overrides,
+    }
+    return check_pretrained(Glass(**kwargs, **common_kwargs(settings)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,3 +127,16 @@ def test_map_sigmas_evaluate_the_same_weights_once_per_sigma_and_restore_the_gen
     assert seen == [17, 65]
     assert [row["map_sigma"] for row in rows] == [2.0, 8.0]
     assert network.anomaly_map_generator is original
+
+
+def test_glass_is_an_epoch_trained_peer_whose_noise_std_comes_from_set(monkeypatch, tmp_path):
+    """``--method glass --set gaussian_noise_std=…``: anomalib's GLASS with the benchmark's backbone and that noise."""
+    methods = sys.modules[curve.compare.build_glass.__module__]
+    monkeypatch.setattr(methods, "check_pretrained", lambda model: model)  # random weights: nothing to check
+    args = curve.parse_args(["--method", "glass", "--budgets", "1", "3", "--set", "gaussian_noise_std=0.1",
+                             "pre_trained=false", "--output", str(tmp_path / "glass.csv")])  # fmt: skip
+    settings = curve.settings_for(args, seed=0)
+    model = curve.build_model(args, settings, budget=None)
+    assert type(model).__name__ == "Glass"
+    assert model.model.gaussian_noise_std == pytest.approx(0.1)  # the std the training noise is drawn with
+    assert settings.epochs == 3 and "glass" not in curve.PEERS and "glass" not in curve.STEP_BUDGET
