@@ -1,8 +1,9 @@
 """Budget curves: accuracy of one method against its training time, on the tune and report halves of the test set.
 
 One run trains a method (ours from ``configs/<method>/cpu_reduced.yaml`` plus ``--set`` overrides, or anomalib's
-PaDiM / PatchCore) on the **full** training sets of an MVTec-layout root (default ``../shared/data/real``), with the
-benchmark's backbone and pre-processing (:mod:`compare`), and evaluates it at every budget in ``--budgets``:
+PaDiM / PatchCore) on the **full** training sets (or ``--max-train N`` images per category) of an MVTec-layout root
+(default ``../shared/data/real``), with the benchmark's backbone and pre-processing (:mod:`compare`), and evaluates
+it at every budget in ``--budgets``:
 
 - epoch-trained methods (CRAS, MFRNet): one training per seed up to the largest budget, evaluated at the end of
   each budget epoch (the clock stops while it evaluates);
@@ -163,6 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--variant", default=None, help="label of this configuration (default: the --set values)")
     parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        help="train on at most N good images per category, as compare.py --quick does (default: all; the cap is "
+        "appended to the variant's label)",
+    )
     parser.add_argument("--both-score-modes", action="store_true", help="CRAS: also score with probabilities")
     parser.add_argument(
         "--image-scores",
@@ -215,7 +223,7 @@ def settings_for(args: argparse.Namespace, seed: int) -> compare.Settings:
         train_batch_size=args.train_batch_size,
         eval_batch_size=32,
         num_workers=0,
-        max_train_per_category=None,
+        max_train_per_category=args.max_train,
         patchcore_ratio=compare.PATCHCORE_RATIO,
         textures=str(textures) if textures.is_dir() else None,
         latency_runs=0,
@@ -464,6 +472,8 @@ def fit(args: argparse.Namespace, seed: int, budget: int | None, test_set: TestS
     datamodule = compare.build_datamodule(settings, cache_images=not args.no_image_cache)
     model = build_model(args, settings, budget)
     variant = args.variant or (" ".join(args.set) if args.set else "recipe")
+    if args.max_train is not None:
+        variant = f"{variant} max_train={args.max_train}"
     base = {"method": args.method, "variant": variant, "image_size": args.image_size, "seed": seed}
     base["image_cache"] = "no" if args.no_image_cache else "yes"
     datamodule.setup()

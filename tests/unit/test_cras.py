@@ -415,3 +415,29 @@ def test_whitened_residual_exports_with_a_dynamic_batch_and_matches_torch(tmp_pa
         eager = model(images)
     torch.testing.assert_close(torch.from_numpy(outputs[0]), eager.pred_score, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(torch.from_numpy(outputs[1]), eager.anomaly_map, atol=1e-4, rtol=1e-4)
+
+
+def test_whiten_shrinkage_whitens_by_the_covariance_shrunk_toward_its_average_variance():
+    """``whiten_shrinkage`` α: the residual's squared norm is the Mahalanobis distance under
+    ``(1 − α) Σ + α (tr Σ / D) I + ε I``; α = 0 is the unshrunk whitening, and a rank-deficient ``Σ`` (fewer
+    images than dimensions) no longer has its null directions amplified by ``1 / √ε``."""
+    generator = torch.Generator().manual_seed(1)
+    dim, positions = 16, 4
+    few = torch.randn(1, positions, 5, dim, generator=generator)  # 5 "images": rank 4 < 16
+    means = few.mean(dim=2)
+    centred = few - means.unsqueeze(2)
+    covariances = centred.transpose(-1, -2) @ centred / 4
+    offsets = torch.randn(2, positions, dim, generator=generator)
+    features, classes = means + offsets, torch.zeros(2, dtype=torch.long)
+    norms = {}
+    for alpha in (0.0, 0.5):
+        model = CrasModel(**LITE, pre_trained=False, embed_dim=dim, residual="whitened", whiten_shrinkage=alpha)
+        model.set_position_statistics(means, covariances)
+        norms[alpha] = model.whitened_residuals(features, classes).pow(2).sum(dim=2)
+        target = covariances.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] * torch.eye(dim)
+        used = (1 - alpha) * covariances + alpha * target + model.whiten_eps * torch.eye(dim)
+        expected = torch.einsum("bpd,pde,bpe->bp", offsets, torch.linalg.inv(used[0]), offsets)
+        torch.testing.assert_close(norms[alpha], expected, rtol=1e-3, atol=1e-3)
+    assert (norms[0.5] < norms[0.0] / 10).all(), "shrinkage tames the null directions of a rank-deficient covariance"
+    with pytest.raises(ValueError, match="whiten_shrinkage"):
+        CRAS(**LITE, residual="whitened", whiten_shrinkage=1.0)

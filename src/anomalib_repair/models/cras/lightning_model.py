@@ -66,6 +66,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             by that position's covariance (computed before training, beside the centers), with the noise added to
             the frozen feature before the adaptor. Costs ``K × P × D × D`` stored values.
         whiten_eps: Added to each covariance's diagonal before whitening (``residual="whitened"``; 0.01).
+        whiten_shrinkage: Shrinks each covariance toward ``(tr Σ / D) I`` by this share before whitening
+            (``residual="whitened"``; 0 keeps ``Σ``: for categories with fewer good images than feature dimensions).
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
             backbone's patch features once and reuse them every epoch (needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
@@ -108,6 +110,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         top_ratio: float = 0.01,
         residual: str = "center",
         whiten_eps: float = 0.01,
+        whiten_shrinkage: float = 0.0,
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
         feature_cache_dtype: str = "float32",
@@ -143,6 +146,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if whiten_eps <= 0:
             msg = f"whiten_eps must be positive, got {whiten_eps}."
             raise BadInputError(msg)
+        if not 0.0 <= whiten_shrinkage < 1.0:
+            msg = f"whiten_shrinkage must be in [0, 1), got {whiten_shrinkage}."
+            raise BadInputError(msg)
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
@@ -169,6 +175,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             noise_k=noise_k,
             residual=residual,
             whiten_eps=whiten_eps,
+            whiten_shrinkage=whiten_shrinkage,
         )
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr

@@ -85,6 +85,10 @@ class CrasModel(nn.Module):
             added to the frozen feature before the adaptor, so a synthetic patch has both parts. Statistics:
             ``K × P × D × D`` values (about 151 MB per category for 256 patches of 384-d).
         whiten_eps: ``ε`` added to each covariance's diagonal before it is factorised (``"whitened"`` only).
+        whiten_shrinkage: ``α`` in ``[0, 1)``: each covariance is first shrunk toward the scaled identity of its
+            own average variance, ``(1 − α) Σ + α (tr Σ / D) I`` (``"whitened"`` only; 0 keeps ``Σ``). With fewer
+            good images per category than feature dimensions, ``Σ`` is rank-deficient and ``ε`` alone decides how
+            much its null directions are amplified; shrinkage scales that with each position's own variance.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class CrasModel(nn.Module):
         noise_k: float = 0.3,
         residual: str = "center",
         whiten_eps: float = 0.01,
+        whiten_shrinkage: float = 0.0,
     ) -> None:
         super().__init__()
         if residual not in RESIDUALS:
@@ -112,6 +117,9 @@ class CrasModel(nn.Module):
             raise ValueError(msg)
         if whiten_eps <= 0:
             msg = f"whiten_eps must be positive, got {whiten_eps}."
+            raise ValueError(msg)
+        if not 0.0 <= whiten_shrinkage < 1.0:
+            msg = f"whiten_shrinkage must be in [0, 1), got {whiten_shrinkage}."
             raise ValueError(msg)
         if score_mode not in SCORE_MODES:
             msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
@@ -135,6 +143,7 @@ class CrasModel(nn.Module):
         self.register_buffer("centers", torch.zeros(0, 0, embed_dim, dtype=self.center_dtype))
         self.residual = residual
         self.whiten_eps = whiten_eps
+        self.whiten_shrinkage = whiten_shrinkage
         self.position_means: torch.Tensor
         self.position_whiteners: torch.Tensor
         if residual == "whitened":  # only then: checkpoints of the paper's residual keep their keys
@@ -175,6 +184,10 @@ class CrasModel(nn.Module):
     def set_position_statistics(self, means: torch.Tensor, covariances: torch.Tensor) -> None:
         """Store each category's ``(K, P, D)`` means and the whiteners ``L⁻¹`` of its ``(K, P, D, D)`` covariances."""
         eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+        if self.whiten_shrinkage > 0:
+            average_variance = covariances.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None]
+            alpha = self.whiten_shrinkage
+            covariances = (1 - alpha) * covariances + alpha * average_variance * eye
         factor = torch.linalg.cholesky(covariances + self.whiten_eps * eye)
         whiteners = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
         device = self.position_means.device
