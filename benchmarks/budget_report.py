@@ -34,6 +34,7 @@ OUTPUTS = ("summary.csv",)
 # Our curves drawn on the chart: each model's recipe, and the named recipes that change an option
 # (``configs/cras/cpu_whitened.yaml``). Option sweeps stay in the tables.
 CHARTED_VARIANTS = ("recipe", "cpu_whitened")
+CAPPED = "max_train="  # in the label of a run on capped training sets (budget_curve --max-train)
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:
@@ -157,8 +158,8 @@ def best_peer_settings(table: list[dict[str, Any]]) -> dict[tuple[str, str], str
 
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for row in table:
-        if row["method"] not in PEERS or row["half"] != "tune":
-            continue
+        if row["method"] not in PEERS or row["half"] != "tune" or CAPPED in row["variant"]:
+            continue  # a peer trained on capped training sets is a study, not the peer's best full-data setting
         key = (row["method"], str(row["image_size"]))
         if key not in best or merit(row) > merit(best[key]):
             best[key] = row

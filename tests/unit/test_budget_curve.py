@@ -106,6 +106,9 @@ def test_a_peer_setting_that_moves_only_the_maps_is_chosen_by_its_tune_pixel_aur
          "pixel_AUROC": 0.99},
     ]  # fmt: skip
     assert report.best_peer_settings(rows) == {("patchcore", "128"): "r map_sigma=2"}
+    capped = {"method": "patchcore", "variant": "r max_train=200", "image_size": 128, "half": "tune",
+              "image_AUROC": 1.0, "pixel_AUROC": 1.0}  # fmt: skip
+    assert report.best_peer_settings([*rows, capped]) == {("patchcore", "128"): "r map_sigma=2"}
 
 
 def test_map_sigmas_evaluate_the_same_weights_once_per_sigma_and_restore_the_generator(monkeypatch):
