@@ -223,7 +223,7 @@ def settings_for(args: argparse.Namespace, seed: int) -> compare.Settings:
         train_batch_size=args.train_batch_size,
         eval_batch_size=32,
         num_workers=0,
-        max_train_per_category=args.max_train,
+        max_train_per_category=getattr(args, "max_train", None),  # callers building their own Namespace: all
         patchcore_ratio=compare.PATCHCORE_RATIO,
         textures=str(textures) if textures.is_dir() else None,
         latency_runs=0,
