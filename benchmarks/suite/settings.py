@@ -16,7 +16,7 @@ DESCRIPTION = "Side-by-side benchmark: CRAS, CRR, MFRNet against anomalib's own 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # benchmarks/suite/settings.py -> the repository
 SHARED_DATA_ENV = "ANOMALIB_REPAIR_SHARED_DATA"
 OURS = {"cras": "CRAS", "cras_whitened": "CRAS", "crr": "CRR", "mfrnet": "MFRNet"}  # built from RECIPES
-# Each of our methods' recipe under configs/: the paper's model at the reduced CPU budget, and CRAS's winning CPU
+# Each of our methods' recipe under configs/: the paper's model at the reduced CPU budget, and CRAS's best CPU
 # recipe (whitened residuals, a named deviation chosen on the tune half; the CRAS README).
 RECIPES = {
     "cras": "cras/cpu_reduced.yaml",
