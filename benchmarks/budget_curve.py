@@ -122,6 +122,15 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "--variant", "cpu_whitened", "--map-sigmas", "1", "2", "4", "8", "--output", f"{RESULTS}/cras_128_map_sigma.csv"),
     ("--method", "padim", "--seeds", "0", "1", "2", "--set", "n_features=100", "--map-sigmas", "1", "2", "4", "8",
      "--output", f"{RESULTS}/padim_128.csv"),
+    # CRAS cpu_whitened with 200 training images per category (compare --quick's cap), whiten_shrinkage 0-0.6, and
+    # PaDiM under the same cap (one seed, 3 epochs): shrinkage at the recipe's noise_std collapses it (CRAS README)
+    *(
+        ("--method", "cras", "--budgets", "3", "--seeds", "0", "--max-train", "200", "--set", "residual=whitened",
+         "noise_std=0.3", f"whiten_shrinkage={alpha}", "--output", f"{RESULTS}/cras_128_shrinkage.csv")
+        for alpha in ("0.0", "0.1", "0.3", "0.6")
+    ),
+    ("--method", "padim", "--seeds", "0", "--max-train", "200", "--set", "n_features=100",
+     "--output", f"{RESULTS}/cras_128_shrinkage.csv"),
     # CRAS image score read three ways from the same trainings (the paper's patch maximum, the map's maximum, the
     # mean of its top 1 %): within the seed spread on the tune half, so the paper's stays
     ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "1", "2", "--image-scores", "patch_max", "map_max",
