@@ -25,6 +25,7 @@ whose exported decision equals the Lightning one. Written to ``benchmarks/result
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -33,6 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import budget_curve
 import compare
@@ -125,10 +127,9 @@ def exported_decisions(model: Any, engine: Any, paths: list[str], work: Path) ->
 
     resize = model_resize(model)
     decisions: dict[str, dict[str, bool]] = {}
-    cwd, trust = Path.cwd(), os.environ.get("TRUST_REMOTE_CODE")
-    os.chdir(work)  # OpenVINO's compiled-model cache goes to ./openvino_cache
-    os.environ["TRUST_REMOTE_CODE"] = "1"  # our own export, just written: anomalib's switch for pickled models
-    try:
+    # OpenVINO's compiled-model cache goes to ./openvino_cache; TRUST_REMOTE_CODE is anomalib's switch for pickled
+    # models, set for our own export just written (both restored on the way out)
+    with contextlib.chdir(work), mock.patch.dict(os.environ, {"TRUST_REMOTE_CODE": "1"}):
         for export in EXPORTS:
             exported = engine.export(model=model, export_type=ExportType(export), export_root=work / export)
             inferencer: Any
@@ -143,12 +144,6 @@ def exported_decisions(model: Any, engine: Any, paths: list[str], work: Path) ->
                 resized = resize(read_image(path, as_tensor=True))
                 label = inferencer.predict(resized).pred_label
                 decisions[f"{export}_resized"][path] = bool(np.asarray(torch.as_tensor(label).detach()).ravel()[0])
-    finally:
-        os.chdir(cwd)
-        if trust is None:
-            os.environ.pop("TRUST_REMOTE_CODE", None)
-        else:
-            os.environ["TRUST_REMOTE_CODE"] = trust
     return decisions
 
 

@@ -73,7 +73,6 @@ STAGES: dict[str, tuple[str, ...]] = {
     ),
     "padim": ("feature_extractor", "anomaly_map_generator"),
 }
-STAGES["cras_whitened"] = STAGES["cras"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -206,7 +205,8 @@ class StageTimer:
 
 def stage_breakdown(method: str, network: nn.Module, images: torch.Tensor, runs: int) -> dict[str, float]:
     """Milliseconds per image of every stage of the forward (and ``other``), averaged over ``runs`` forwards."""
-    timer = StageTimer(network, STAGES[method])
+    paths = STAGES[family(method)]
+    timer = StageTimer(network, paths)
     total = 0.0
     try:
         with torch.inference_mode():
@@ -220,7 +220,7 @@ def stage_breakdown(method: str, network: nn.Module, images: torch.Tensor, runs:
         timer.remove()
     scale = 1000 / (runs * images.shape[0])
     stages = {path: seconds * scale for path, seconds in timer.exclusive().items()}
-    top_level = [p for p in STAGES[method] if not any(p.startswith(q + ".") for q in STAGES[method] if q != p)]
+    top_level = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
     stages["other"] = total * scale - sum(timer.inclusive[p] * scale for p in top_level)
     stages["total"] = total * scale
     return stages

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,11 +212,6 @@ def _readme_torch_inferencer_command() -> str:
 @pytest.mark.parametrize("trained", ["CRAS"], indirect=True)  # the line is the same for every model
 def test_the_readme_torch_inferencer_line_runs_as_written(trained: Trained, tmp_path: Path) -> None:
     """The README's ``TRUST_REMOTE_CODE=1 python -c …TorchInferencer…`` line, run by bash in a subprocess."""
-    import os
-    import re
-    import subprocess
-    import sys
-
     command = _readme_torch_inferencer_command()
     assert command.startswith("TRUST_REMOTE_CODE=1 python -c") and "RUN/weights/torch/model.pt" in command
     trained.engine.export(model=trained.model, export_type=ExportType.TORCH, export_root=tmp_path / "RUN")
