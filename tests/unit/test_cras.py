@@ -9,7 +9,9 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib_repair import CRAS
 from anomalib_repair.components.feature_cache import FeatureCache, MemoisedEmbedding
 from anomalib_repair.components.patch_features import PatchAggregator
+from anomalib_repair.components.triangular import lower_triangular_product
 from anomalib_repair.data.synthesis import distance_guided_noise
+from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import build_pre_processor
 from anomalib_repair.models.cras import CrasModel
 
@@ -180,7 +182,6 @@ def test_cras_loss_takes_logits_and_equals_bce_on_the_sigmoid():
 
 
 def test_unknown_score_mode_is_one_clear_error():
-    from anomalib_repair.errors import BadInputError
 
     with pytest.raises(BadInputError, match="score_mode must be one of logit, probability"):
         CRAS(**LITE, pre_trained=False, score_mode="sigmoid")
@@ -441,3 +442,32 @@ def test_whiten_shrinkage_whitens_by_the_covariance_shrunk_toward_its_average_va
     assert (norms[0.5] < norms[0.0] / 10).all(), "shrinkage tames the null directions of a rank-deficient covariance"
     with pytest.raises(ValueError, match="whiten_shrinkage"):
         CRAS(**LITE, residual="whitened", whiten_shrinkage=1.0)
+
+
+def test_lower_triangular_product_equals_the_dense_product_for_every_band_count():
+    generator = torch.Generator().manual_seed(0)
+    matrices = torch.randn(6, 40, 40, generator=generator).tril()
+    vectors = torch.randn(3, 6, 40, generator=generator)
+    dense = torch.einsum("pde,bpe->bpd", matrices, vectors)
+    for num_blocks in (1, 2, 3, 7, 8, 40, 100):
+        torch.testing.assert_close(lower_triangular_product(matrices, vectors, num_blocks), dense)
+    # the blocks right of each band are never read: with one row per band, garbage above the diagonal changes nothing
+    garbage = matrices + 1e6 * torch.ones_like(matrices).triu(diagonal=1)
+    torch.testing.assert_close(lower_triangular_product(garbage, vectors, num_blocks=40), dense)
+    assert not torch.allclose(lower_triangular_product(garbage, vectors, num_blocks=1), dense)
+    with pytest.raises(ValueError, match=r"\(P, D, D\)"):
+        lower_triangular_product(matrices, vectors[:, :5])
+
+
+def test_whitened_residuals_read_the_lower_triangle_the_whiteners_hold_and_equal_the_dense_product():
+    model, means, _ = _whitened_model(num_classes=3)
+    whiteners = model.position_whiteners
+    assert not bool(torch.triu(whiteners, diagonal=1).any())
+    features = torch.randn(5, means.shape[1], means.shape[2])
+    classes = torch.tensor([2, 0, 1, 2, 0])
+    dense = torch.einsum("bpde,bpe->bpd", whiteners[classes], features - means[classes])
+    torch.testing.assert_close(model.whitened_residuals(features, classes), dense, rtol=1e-5, atol=1e-5)
+    state = model.state_dict()
+    state["position_whiteners"] = whiteners + 1e-3 * torch.ones_like(whiteners).triu(diagonal=1)
+    with pytest.raises(BadInputError, match="not lower-triangular"):
+        model.load_state_dict(state)

@@ -15,6 +15,7 @@ from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.components.feature_cache import MemoisedEmbedding
 from anomalib_repair.components.patch_features import PatchAggregator
 from anomalib_repair.components.tracing import is_exporting
+from anomalib_repair.components.triangular import lower_triangular_product
 from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.cras.loss import CrasLoss
@@ -189,7 +190,8 @@ class CrasModel(nn.Module):
             alpha = self.whiten_shrinkage
             covariances = (1 - alpha) * covariances + alpha * average_variance * eye
         factor = torch.linalg.cholesky(covariances + self.whiten_eps * eye)
-        whiteners = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+        # lower-triangular (exact zeros above the diagonal): whitened_residuals reads only the lower triangle
+        whiteners = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).tril()
         device = self.position_means.device
         self.position_means = means.float().to(device)
         self.position_whiteners = whiteners.float().to(device)
@@ -215,7 +217,7 @@ class CrasModel(nn.Module):
         residuals = torch.empty_like(features)
         for category in classes.unique().tolist():
             members = (classes == category).nonzero().squeeze(1)
-            residuals[members] = torch.einsum("pde,bpe->bpd", self.position_whiteners[category], offsets[members])
+            residuals[members] = lower_triangular_product(self.position_whiteners[category], offsets[members])
         return residuals
 
     # ------------------------------------------------------------------ center matching
@@ -327,4 +329,8 @@ class CrasModel(nn.Module):
         for name in ("position_means", "position_whiteners"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.centers.device))
+        whiteners = state_dict.get(prefix + "position_whiteners")
+        if whiteners is not None and whiteners.numel() and bool(torch.triu(whiteners, diagonal=1).any()):
+            msg = "CRAS's position_whiteners in this state dict are not lower-triangular: re-fit the model."
+            raise BadInputError(msg)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
