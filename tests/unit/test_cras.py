@@ -471,3 +471,12 @@ def test_whitened_residuals_read_the_lower_triangle_the_whiteners_hold_and_equal
     state["position_whiteners"] = whiteners + 1e-3 * torch.ones_like(whiteners).triu(diagonal=1)
     with pytest.raises(BadInputError, match="not lower-triangular"):
         model.load_state_dict(state)
+
+
+def test_lower_triangular_product_takes_vectors_with_a_strided_last_dimension():
+    generator = torch.Generator().manual_seed(1)
+    matrices = torch.randn(6, 24, 24, generator=generator).tril()
+    strided = torch.randn(2, 24, 6, generator=generator).transpose(1, 2)  # as features transposed out of a conv
+    assert strided.stride(-1) != 1
+    dense = torch.einsum("pde,bpe->bpd", matrices, strided)
+    torch.testing.assert_close(lower_triangular_product(matrices, strided), dense)

@@ -36,7 +36,9 @@ def lower_triangular_product(matrices: torch.Tensor, vectors: torch.Tensor, num_
         raise ValueError(msg)
     dim = matrices.shape[-1]
     band = max(1, math.ceil(dim / max(1, num_blocks)))
-    by_position = vectors.transpose(0, 1)  # (P, B, D): one matrix product per position
+    # (P, B, D), contiguous: one matrix product per position, and each band's slice stays BLAS-friendly (a strided
+    # last dimension, e.g. features transposed out of a convolution, would make bmm copy batch by batch)
+    by_position = vectors.transpose(0, 1).contiguous()
     parts = []
     for start in range(0, dim, band):
         stop = min(start + band, dim)

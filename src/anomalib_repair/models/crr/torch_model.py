@@ -19,7 +19,6 @@ from torch import nn
 from anomalib_repair.components.anomaly_map import top_mean_score
 from anomalib_repair.components.backbone import build_backbone
 from anomalib_repair.components.category_prototypes import CategoryPrototypes, pooled
-from anomalib_repair.components.conv_bn import run_sequential
 from anomalib_repair.components.gaussian_filter import MatrixGaussianBlur2d
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.crr.loss import ReconstructRepairLoss, SegmentationFocalLoss
@@ -211,12 +210,12 @@ class SegmentationNetwork(nn.Module):
     def forward(self, maps: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """``(B, 2, S, S)`` logits, ``S = output_size`` (or ``image_size``)."""
         size = (self.output_size, self.output_size) if self.output_size else image_size
-        x = maps  # in eval, each convolution and its BatchNorm run as one convolution (the same numbers)
+        x = maps
         for up, double in ((self.up1, self.db1), (self.up2, self.db2), (self.up3, self.db3)):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
-            x = run_sequential(double, run_sequential(up, x))
+            x = double(up(x))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-        return self.final(run_sequential(self.db4, run_sequential(self.up4, x)))
+        return self.final(self.db4(self.up4(x)))
 
 
 SEG_INITS = ("reference", "pytorch")
