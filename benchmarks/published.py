@@ -79,6 +79,11 @@ LABELS = {
     "rss_built_mb": "RSS after build MB",
     "forward_mb": "forward adds MB",
     "above_target": "above 1.5×",
+    "ms_per_image_dense": "dense ms/img",
+    "ms_per_image_banded": "banded ms/img",
+    "x_backbone_dense": "dense × backbone",
+    "x_backbone_banded": "banded × backbone",
+    "speed_ratio": "dense / banded",
 }
 # Where one column name means something else in one recorded file: (file name, column) -> header.
 FILE_LABELS = {

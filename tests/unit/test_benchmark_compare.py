@@ -220,3 +220,16 @@ def test_inference_profile_flags_a_model_not_ahead_of_padims_ratio_at_the_same_s
     ]
     assert [profile.ahead_of_padim(row, timing) for row in timing] == [None, True, False, None]
     assert profile.family("cras_whitened") == "cras" and profile.family("crr") == "crr"
+
+
+def test_cras_whitening_speed_times_both_products_and_puts_the_banded_one_back(tmp_path: Path) -> None:
+    speed = _load("cras_whitening_speed")
+    import anomalib_repair.models.cras.torch_model as cras_torch
+
+    assert speed.main(["--sizes", "64", "--batches", "1", "--runs", "1", "--output", str(tmp_path)]) == 0
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    header, row = lines[0].split(","), dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
+    assert {"ms_per_image_dense", "ms_per_image_banded", "backbone_ms_per_image", "speed_ratio"} <= set(header)
+    assert float(row["speed_ratio"]) > 0 and float(row["x_backbone_banded"]) > 0
+    assert "cras_whitening_speed.py" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
+    assert cras_torch.lower_triangular_product is speed.lower_triangular_product  # the model's own path restored
