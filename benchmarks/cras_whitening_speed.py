@@ -4,8 +4,10 @@ The whitened residual multiplies every patch by its own position's whitener (low
 reduced recipe). :func:`anomalib_repair.components.triangular.lower_triangular_product` reads only the bands on and
 left of the diagonal; the dense path is ``torch.einsum`` over the whole matrix. This script builds the eval-mode
 ``cras_whitened`` network as :mod:`inference_profile` does (untrained head, two categories' statistics: timing only)
-and times, round after round in turn, the whole forward with each product and the backbone alone. Timing two
-processes minutes apart moves with the machine by more than the change; in turn, in one process, it does not.
+and times, round after round in turn, the whole forward with each product and the backbone alone (medians). The
+recorded profiles of unchanged code moved by more than this change between runs minutes apart, so the two paths
+are compared in turn, in one process, where both see the same machine. Each product counts its calls, and a run in
+which the model did not call both is refused (a patched name the model no longer uses would time one path twice).
 
     PYTHONPATH=src python benchmarks/cras_whitening_speed.py
 
@@ -81,18 +83,26 @@ def measure(size: int, batches: list[int], runs: int) -> list[dict[str, Any]]:
     try:
         for batch in batches:
             images = torch.rand(batch, 3, size, size)
+            counts = dict.fromkeys(PRODUCTS, 0)
 
-            def forward_with(product: Callable[..., torch.Tensor]) -> Callable[[], Any]:
+            def forward_with(name: str) -> Callable[[], Any]:
+                def counted(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+                    counts[name] += 1
+                    return PRODUCTS[name](matrices, vectors)
+
                 def call() -> Any:
-                    cras_torch.lower_triangular_product = product  # type: ignore[assignment]
+                    cras_torch.lower_triangular_product = counted  # type: ignore[assignment]
                     return network(images)
 
                 return call
 
-            calls = {name: forward_with(product) for name, product in PRODUCTS.items()}
+            calls = {name: forward_with(name) for name in PRODUCTS}
             calls["backbone"] = lambda: backbone(images)
             with torch.inference_mode():
                 medians = time_in_turn(calls, runs if batch == 1 else max(3, runs // 3), batch)
+            if not all(counts.values()):
+                msg = f"the model did not call every product ({counts}): the benchmark no longer patches its path"
+                raise RuntimeError(msg)
             row: dict[str, Any] = {"image_size": size, "batch": batch}
             row.update({f"ms_per_image_{name}": round(medians[name], 3) for name in PRODUCTS})
             row["backbone_ms_per_image"] = round(medians["backbone"], 3)

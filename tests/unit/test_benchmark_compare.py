@@ -233,3 +233,13 @@ def test_cras_whitening_speed_times_both_products_and_puts_the_banded_one_back(t
     assert float(row["speed_ratio"]) > 0 and float(row["x_backbone_banded"]) > 0
     assert "cras_whitening_speed.py" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
     assert cras_torch.lower_triangular_product is speed.lower_triangular_product  # the model's own path restored
+
+
+def test_cras_whitening_speed_refuses_a_run_where_the_model_skips_the_patched_product(monkeypatch) -> None:
+    speed = _load("cras_whitening_speed")
+    import anomalib_repair.models.cras.torch_model as cras_torch
+
+    # a model that no longer calls the module-level name: both timings would be of one path
+    monkeypatch.setattr(cras_torch.CrasModel, "whitened_residuals", lambda self, features, classes: features)
+    with pytest.raises(RuntimeError, match="did not call every product"):
+        speed.measure(64, [1], 1)

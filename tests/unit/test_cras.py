@@ -455,22 +455,49 @@ def test_lower_triangular_product_equals_the_dense_product_for_every_band_count(
     garbage = matrices + 1e6 * torch.ones_like(matrices).triu(diagonal=1)
     torch.testing.assert_close(lower_triangular_product(garbage, vectors, num_blocks=40), dense)
     assert not torch.allclose(lower_triangular_product(garbage, vectors, num_blocks=1), dense)
-    with pytest.raises(ValueError, match=r"\(P, D, D\)"):
-        lower_triangular_product(matrices, vectors[:, :5])
+    for wrong_matrices, wrong_vectors in (
+        (matrices, vectors[:, :5]),  # positions differ
+        (matrices, torch.cat([vectors, vectors], dim=2)),  # longer vectors than the matrices
+        (matrices[:, :, :30], vectors[..., :30]),  # not square
+    ):
+        with pytest.raises(ValueError, match=r"\(P, D, D\)"):
+            lower_triangular_product(wrong_matrices, wrong_vectors)
 
 
-def test_whitened_residuals_read_the_lower_triangle_the_whiteners_hold_and_equal_the_dense_product():
-    model, means, _ = _whitened_model(num_classes=3)
+def test_whitened_residuals_equal_the_dense_product_of_the_lower_triangular_whiteners():
+    model, means, covariances = _whitened_model(num_classes=3)
     whiteners = model.position_whiteners
     assert not bool(torch.triu(whiteners, diagonal=1).any())
+    # the whiteners as stored before .tril() (inverse Cholesky factors by forward substitution): the same values
+    eye = torch.eye(means.shape[2])
+    factor = torch.linalg.cholesky(covariances + model.whiten_eps * eye)
+    torch.testing.assert_close(whiteners, torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False))
     features = torch.randn(5, means.shape[1], means.shape[2])
     classes = torch.tensor([2, 0, 1, 2, 0])
     dense = torch.einsum("bpde,bpe->bpd", whiteners[classes], features - means[classes])
     torch.testing.assert_close(model.whitened_residuals(features, classes), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_a_state_dict_with_whiteners_that_are_not_lower_triangular_is_refused_and_the_model_kept():
+    model, means, covariances = _whitened_model()
+    features = torch.randn(2, means.shape[1], means.shape[2])
+    classes = torch.tensor([1, 0])
+    before = model.whitened_residuals(features, classes)
+    # a checkpoint of the earlier code (whiteners without .tril()) loads: forward substitution leaves exact zeros
+    eye = torch.eye(means.shape[2])
+    factor = torch.linalg.cholesky(covariances + model.whiten_eps * eye)
     state = model.state_dict()
-    state["position_whiteners"] = whiteners + 1e-3 * torch.ones_like(whiteners).triu(diagonal=1)
-    with pytest.raises(BadInputError, match="not lower-triangular"):
-        model.load_state_dict(state)
+    state["position_whiteners"] = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+    model.load_state_dict(state)
+    torch.testing.assert_close(model.whitened_residuals(features, classes), before)
+    for broken in (
+        state["position_whiteners"] + 1e-3 * torch.ones_like(state["position_whiteners"]).triu(diagonal=1),
+        state["position_whiteners"][..., :-1],  # not square
+        state["position_whiteners"][0],  # not (K, P, D, D)
+    ):
+        with pytest.raises(BadInputError, match=r"not \(K, P, D, D\) lower-triangular"):
+            model.load_state_dict({**state, "position_whiteners": broken})
+        torch.testing.assert_close(model.whitened_residuals(features, classes), before)  # nothing was replaced
 
 
 def test_lower_triangular_product_takes_vectors_with_a_strided_last_dimension():

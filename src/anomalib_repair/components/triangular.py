@@ -2,8 +2,8 @@
 
 CRAS's whitened residual multiplies every patch's offset by its own position's whitener ``L⁻¹`` (the inverse of a
 Cholesky factor, lower-triangular): ``P`` matrices of ``D × D`` per category, 151 MB at 128 px. At small batches the
-product is bound by memory, not arithmetic: each image reads every matrix once, and half of what a dense product
-reads is the zero upper triangle.
+product is bound by memory, not arithmetic: each forward reads every matrix of the categories present once, and half
+of what a dense product reads is the zero upper triangle.
 
 :func:`lower_triangular_product` splits the rows into ``num_blocks`` bands; band ``i`` (rows ``r0:r1``) only needs
 columns ``:r1``, so it multiplies the offsets' first ``r1`` entries by a strided view of that band, and the zero
@@ -25,12 +25,16 @@ def lower_triangular_product(matrices: torch.Tensor, vectors: torch.Tensor, num_
         matrices: ``(P, D, D)`` lower-triangular matrices, one per position. Entries above the diagonal must be
             zero: those inside a band's diagonal block are read, those right of it are not.
         vectors: ``(B, P, D)`` one vector per image and position.
-        num_blocks: Row bands (1 is the dense product).
+        num_blocks: Row bands (1, or anything below it, is the dense product).
 
     Returns:
-        ``(B, P, D)`` products.
+        ``(B, P, D)`` products (a transposed view; not contiguous).
+
+    Raises:
+        ValueError: The shapes are not ``(P, D, D)`` and ``(B, P, D)``.
     """
-    if matrices.ndim != 3 or vectors.ndim != 3 or matrices.shape[0] != vectors.shape[1]:
+    square = matrices.ndim == 3 and matrices.shape[1] == matrices.shape[2]
+    if not square or vectors.ndim != 3 or tuple(vectors.shape[1:]) != tuple(matrices.shape[:2]):
         shapes = f"{tuple(matrices.shape)} and {tuple(vectors.shape)}"
         msg = f"expected (P, D, D) matrices and (B, P, D) vectors, got {shapes}"
         raise ValueError(msg)

@@ -323,14 +323,24 @@ class CrasModel(nn.Module):
         return top_mean_score(anomaly_map, self.top_ratio if self.image_score == "map_top_mean" else 0.0)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        whiteners = state_dict.get(prefix + "position_whiteners")
+        if self.residual == "whitened" and whiteners is not None and not _lower_triangular(whiteners):
+            # checked before any buffer is replaced: a refused load leaves the model as it was
+            msg = "CRAS's position_whiteners in the state dict are not (K, P, D, D) lower-triangular: re-fit the model."
+            raise BadInputError(msg)
         key = prefix + "centers"
         if key in state_dict:
             self.centers = torch.empty_like(state_dict[key], dtype=self.center_dtype, device=self.centers.device)
         for name in ("position_means", "position_whiteners"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.centers.device))
-        whiteners = state_dict.get(prefix + "position_whiteners")
-        if whiteners is not None and whiteners.numel() and bool(torch.triu(whiteners, diagonal=1).any()):
-            msg = "CRAS's position_whiteners in this state dict are not lower-triangular: re-fit the model."
-            raise BadInputError(msg)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _lower_triangular(whiteners: torch.Tensor) -> bool:
+    """Whether ``(K, P, D, D)`` whiteners hold zeros above every diagonal (checked a slice at a time: no full copy)."""
+    if whiteners.ndim != 4 or whiteners.shape[-1] != whiteners.shape[-2]:
+        return False
+    if whiteners.is_meta:
+        return True  # nothing to read yet
+    return not any(bool(chunk.triu(diagonal=1).any()) for chunk in whiteners.flatten(0, 1).split(256))
