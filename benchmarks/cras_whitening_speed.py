@@ -17,7 +17,6 @@ Writes ``benchmarks/results/cras_whitening_speed/results.csv`` (and ``results.js
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -75,6 +74,36 @@ def time_in_turn(calls: dict[str, Callable[[], Any]], rounds: int, batch: int) -
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def time_batch(
+    network: torch.nn.Module, backbone: torch.nn.Module, images: torch.Tensor, rounds: int
+) -> dict[str, float]:
+    """Median ms/image of the forward with each product and of the backbone alone, timed in turn.
+
+    Each product counts its calls; a run in which the model did not call both is refused.
+    """
+    counts = dict.fromkeys(PRODUCTS, 0)
+
+    def forward_with(name: str) -> Callable[[], Any]:
+        def counted(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+            counts[name] += 1
+            return PRODUCTS[name](matrices, vectors)
+
+        def call() -> Any:
+            cras_torch.lower_triangular_product = counted  # type: ignore[assignment]
+            return network(images)
+
+        return call
+
+    calls = {name: forward_with(name) for name in PRODUCTS}
+    calls["backbone"] = lambda: backbone(images)
+    with torch.inference_mode():
+        medians = time_in_turn(calls, rounds, images.shape[0])
+    if not all(counts.values()):
+        msg = f"the model did not call every product ({counts}): the benchmark no longer patches its path"
+        raise RuntimeError(msg)
+    return medians
+
+
 def measure(size: int, batches: list[int], runs: int) -> list[dict[str, Any]]:
     """Rows for one input size: ms/image of the forward with each product and of the backbone alone."""
     network, backbone = inference_profile.build_network("cras_whitened", size)
@@ -83,26 +112,7 @@ def measure(size: int, batches: list[int], runs: int) -> list[dict[str, Any]]:
     try:
         for batch in batches:
             images = torch.rand(batch, 3, size, size)
-            counts = dict.fromkeys(PRODUCTS, 0)
-
-            def forward_with(name: str) -> Callable[[], Any]:
-                def counted(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-                    counts[name] += 1
-                    return PRODUCTS[name](matrices, vectors)
-
-                def call() -> Any:
-                    cras_torch.lower_triangular_product = counted  # type: ignore[assignment]
-                    return network(images)
-
-                return call
-
-            calls = {name: forward_with(name) for name in PRODUCTS}
-            calls["backbone"] = lambda: backbone(images)
-            with torch.inference_mode():
-                medians = time_in_turn(calls, runs if batch == 1 else max(3, runs // 3), batch)
-            if not all(counts.values()):
-                msg = f"the model did not call every product ({counts}): the benchmark no longer patches its path"
-                raise RuntimeError(msg)
+            medians = time_batch(network, backbone, images, runs if batch == 1 else max(3, runs // 3))
             row: dict[str, Any] = {"image_size": size, "batch": batch}
             row.update({f"ms_per_image_{name}": round(medians[name], 3) for name in PRODUCTS})
             row["backbone_ms_per_image"] = round(medians["backbone"], 3)
@@ -121,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with inference_profile.quiet():
         rows = [row for size in args.sizes for row in measure(size, args.batches, args.runs)]
     args.output.mkdir(parents=True, exist_ok=True)
-    with (args.output / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    inference_profile.write_csv(args.output / "results.csv", rows)
     meta = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": "PYTHONPATH=src python benchmarks/cras_whitening_speed.py " + " ".join(argv or sys.argv[1:]),

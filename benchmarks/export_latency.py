@@ -24,7 +24,6 @@ ratio above 1.5.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -41,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inference_profile import NUM_CATEGORIES, TARGET, build_lightning, own_backbone, quiet
+from inference_profile import NUM_CATEGORIES, TARGET, build_lightning, own_backbone, quiet, write_csv
 from suite.settings import OURS, REPO_ROOT, shared_data_dir
 
 OUTPUT = REPO_ROOT / "benchmarks" / "results" / "export_latency"
@@ -190,14 +189,6 @@ def agreement(model: Any, calls: dict[str, dict[str, Callable]], images: torch.T
             "labels_equal": float((labels == expected.pred_label.numpy().reshape(-1)).mean()),
         })  # fmt: skip
     return rows
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` to ``path``."""
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def render(timing: list[dict], agreeing: list[dict], meta: dict[str, Any]) -> str:

@@ -464,14 +464,19 @@ def test_lower_triangular_product_equals_the_dense_product_for_every_band_count(
             lower_triangular_product(wrong_matrices, wrong_vectors)
 
 
+def _whiteners_without_tril(covariances: torch.Tensor, eps: float) -> torch.Tensor:
+    """The whiteners as the code before ``.tril()`` computed them: ``L⁻¹`` by forward substitution."""
+    eye = torch.eye(covariances.shape[-1])
+    factor = torch.linalg.cholesky(covariances + eps * eye)
+    return torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+
+
 def test_whitened_residuals_equal_the_dense_product_of_the_lower_triangular_whiteners():
     model, means, covariances = _whitened_model(num_classes=3)
     whiteners = model.position_whiteners
     assert not bool(torch.triu(whiteners, diagonal=1).any())
     # the whiteners as stored before .tril() (inverse Cholesky factors by forward substitution): the same values
-    eye = torch.eye(means.shape[2])
-    factor = torch.linalg.cholesky(covariances + model.whiten_eps * eye)
-    torch.testing.assert_close(whiteners, torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False))
+    torch.testing.assert_close(whiteners, _whiteners_without_tril(covariances, model.whiten_eps))
     features = torch.randn(5, means.shape[1], means.shape[2])
     classes = torch.tensor([2, 0, 1, 2, 0])
     dense = torch.einsum("bpde,bpe->bpd", whiteners[classes], features - means[classes])
@@ -484,10 +489,8 @@ def test_a_state_dict_with_whiteners_that_are_not_lower_triangular_is_refused_an
     classes = torch.tensor([1, 0])
     before = model.whitened_residuals(features, classes)
     # a checkpoint of the earlier code (whiteners without .tril()) loads: forward substitution leaves exact zeros
-    eye = torch.eye(means.shape[2])
-    factor = torch.linalg.cholesky(covariances + model.whiten_eps * eye)
     state = model.state_dict()
-    state["position_whiteners"] = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+    state["position_whiteners"] = _whiteners_without_tril(covariances, model.whiten_eps)
     model.load_state_dict(state)
     torch.testing.assert_close(model.whitened_residuals(features, classes), before)
     for broken in (
