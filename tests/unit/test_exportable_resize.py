@@ -53,3 +53,71 @@ def test_shorter_side_resize_then_center_crop_equals_torchvision(height: int, wi
     assert isinstance(exported, Compose) and isinstance(exported.transforms[0], ExportableAntialiasResizeCrop)
     images = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(width))
     torch.testing.assert_close(exported(images), transform(images), atol=1e-5, rtol=0)
+
+
+def test_images_already_at_the_size_are_not_resized_as_torchvision_does() -> None:
+    images = torch.rand(1, 3, 64, 80)
+    assert antialias_resize(images, (64, 80)) is images
+    crop = exportable_transform(Compose([Resize(64, antialias=True), CenterCrop((56, 56))]))
+    torch.testing.assert_close(crop(images), CenterCrop((56, 56))(images), atol=0, rtol=0)
+
+
+class _PreProcessedConv(torch.nn.Module):
+    """The exported pre-processing (resize then the backbone's per-channel Normalize) feeding a convolution."""
+
+    def __init__(self, crop_size: int | None, resize_mode: str) -> None:
+        super().__init__()
+        self.transform = build_pre_processor("tf_efficientnet_lite0.pypi", 64, crop_size, resize_mode).export_transform
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.transform(images))
+
+
+@pytest.mark.parametrize(("height", "width", "crop_size", "mode"), [
+    (96, 80, None, "square"), (64, 64, None, "square"), (90, 120, 56, "shorter_side"), (64, 64, 56, "shorter_side"),
+])  # fmt: skip
+def test_an_export_at_a_fixed_input_size_compiles_in_openvino_and_matches_torch(
+    tmp_path, height: int, width: int, crop_size: int | None, mode: str
+) -> None:
+    """``to_openvino(input_size=...)`` makes the resize matrices constants; OpenVINO 2026.4 refused such a graph when
+    the constant was the right operand (a fully connected layer with the Normalize fused in: 'data.size() == OC')."""
+    openvino = pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    module = _PreProcessedConv(crop_size, mode).eval()
+    path = tmp_path / "pre.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(
+        module, (torch.rand(1, 3, height, width),), str(path), input_names=["images"], dynamo=True,
+        dynamic_shapes={"images": {0: batch}},
+    )  # fmt: skip
+    compiled = openvino.Core().compile_model(
+        openvino.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    images = torch.rand(3, 3, height, width)
+    transform = build_pre_processor("tf_efficientnet_lite0.pypi", 64, crop_size, mode).transform
+    with torch.no_grad():
+        expected = module.conv(transform(images))
+    result = torch.from_numpy(next(iter(compiled([images.numpy()]).values())))
+    torch.testing.assert_close(result, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_exported_to_openvino_at_a_fixed_input_size_compiles(tmp_path) -> None:
+    """What ``anomalib export --input_size`` and ``benchmarks/export_latency.py`` do, end to end (CRAS, 64 px)."""
+    openvino = pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    from anomalib_repair import CRAS
+
+    model = CRAS(backbone="tf_efficientnet_lite0.pypi", layers=["blocks.2", "blocks.4"], image_size=64,
+                 crop_size=64, embed_dim=16, visualizer=False).eval()  # fmt: skip
+    with torch.no_grad():  # one category's centres, as a fit leaves them
+        model.model.set_centers(model.model.adaptor(model.model.patch_features(torch.rand(1, 3, 64, 64))))
+    path = model.to_openvino(tmp_path, input_size=(64, 64))
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    images = torch.rand(2, 3, 64, 64)
+    outputs = {key.any_name: value for key, value in compiled([images.numpy()]).items()}
+    with torch.no_grad():
+        expected = model.model(model.pre_processor(images))
+    torch.testing.assert_close(torch.from_numpy(outputs["anomaly_map"]).reshape(expected.anomaly_map.shape),
+                               model.post_processor(expected).anomaly_map, atol=1e-4, rtol=0)  # fmt: skip

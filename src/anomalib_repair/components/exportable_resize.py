@@ -60,13 +60,33 @@ def antialias_matrix(
 
 
 def _apply(images: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``rows @ images @ columns^T``, each weight matrix as the left operand of its product.
+
+    Written as ``(columns @ (rows @ images)^T)^T``: same sums. With a static input size the matrices are
+    constants, and OpenVINO (2026.4, CPU) turns ``images @ constant`` into a fully connected layer into which it
+    then fuses the following per-channel ``Normalize``, and refuses to compile (``Check 'data.size() == OC'
+    failed``). A constant left operand is left a matrix product.
+    """
     dtype = images.dtype if images.is_floating_point() else torch.float32
     rows, columns = rows.to(images.device, dtype), columns.to(images.device, dtype)
-    return torch.matmul(torch.matmul(rows, images.to(dtype)), columns.transpose(0, 1))
+    resized_rows = torch.matmul(rows, images.to(dtype))
+    return torch.matmul(columns, resized_rows.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _static_size(images: torch.Tensor) -> tuple[int, int] | None:
+    """``(H, W)`` when both are plain ints (eager, or an export at a fixed size); ``None`` when either is symbolic."""
+    height, width = images.shape[-2], images.shape[-1]
+    return (height, width) if type(height) is int and type(width) is int else None
 
 
 def antialias_resize(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize ``(..., H, W)`` images to ``size = (h, w)`` as ``Resize(size, antialias=True)`` does, exportably."""
+    """Resize ``(..., H, W)`` images to ``size = (h, w)`` as ``Resize(size, antialias=True)`` does, exportably.
+
+    Images already of that size are returned as they are (as torchvision does; the matrices would be the identity),
+    so a model exported at its own input size does no resize work.
+    """
+    if _static_size(images) == (int(size[0]), int(size[1])):
+        return images
     rows = antialias_matrix(images.shape[-2], int(size[0]))
     columns = antialias_matrix(images.shape[-1], int(size[1]))
     return _apply(images, rows, columns)
@@ -78,6 +98,10 @@ def antialias_resize_crop(images: torch.Tensor, shorter_side: int, crop: Sequenc
     The resized size depends on the input's orientation; it is computed as tensor values (never a shape), and only
     the cropped rows and columns of the resize are computed, so the graph's output is ``crop`` for every input.
     """
+    static = _static_size(images)
+    if static is not None and min(static) == int(shorter_side) and crop[0] <= static[0] and crop[1] <= static[1]:
+        top, left = round((static[0] - crop[0]) / 2.0), round((static[1] - crop[1]) / 2.0)  # the resize is identity
+        return images[..., top : top + int(crop[0]), left : left + int(crop[1])]
     height = torch.arange(images.shape[-2], dtype=torch.float32)[-1] + 1.0
     width = torch.arange(images.shape[-1], dtype=torch.float32)[-1] + 1.0
     portrait = width <= height  # torchvision: the shorter side gets `shorter_side`, the other is truncated
