@@ -8,7 +8,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from anomalib_repair import CRAS
 from anomalib_repair.components.feature_cache import FeatureCache, MemoisedEmbedding
-from anomalib_repair.components.patch_features import PatchAggregator
+from anomalib_repair.components.patch_features import PatchAggregator, pooling_kernels
 from anomalib_repair.components.triangular import lower_triangular_product
 from anomalib_repair.data.synthesis import distance_guided_noise
 from anomalib_repair.errors import BadInputError
@@ -94,6 +94,27 @@ def test_patch_aggregator_convolutions_equal_the_unfolding_path(channels, sizes,
     assert not any(key.startswith("kernel") for key in aggregator.state_dict())  # checkpoints keep their keys
     other = [torch.randn(1, c + 1, s, s) for c, s in zip(channels, sizes, strict=True)]  # other widths: unfolding
     torch.testing.assert_close(aggregator(other), aggregator.by_unfolding(other))
+
+
+@pytest.mark.parametrize(("channels", "dim", "tiled"), [((40, 112), 384, True), ((24, 40, 112), 128, False)])
+def test_patch_aggregator_convolves_only_the_output_channels_each_layer_reaches(channels, dim, tiled):
+    """Each layer's kernel is cut to the output block it reaches (two layers: one half each); the result equals the
+    full kernels' sum (the earlier path) to float rounding, whether the blocks tile the outputs or share a border."""
+    generator = torch.Generator().manual_seed(1)
+    aggregator = PatchAggregator(pool_dim=dim, in_channels=channels)
+    full = pooling_kernels(channels, dim, 3)
+    assert aggregator.tiled is tiled
+    for index, (first, stop) in enumerate(aggregator.spans):
+        assert getattr(aggregator, f"kernel_{index}").shape[0] == stop - first < dim
+        assert full[index][:first].abs().sum() == 0 and full[index][stop:].abs().sum() == 0
+    if tiled:
+        assert aggregator.spans == [(0, dim // 2), (dim // 2, dim)]
+    features = [torch.randn(2, c, 16 // 2**i, 16 // 2**i, generator=generator) for i, c in enumerate(channels)]
+    expected = sum(
+        F.interpolate(F.conv2d(f, k, padding=1), size=(16, 16), mode="bilinear")
+        for f, k in zip(features, full, strict=True)
+    )
+    torch.testing.assert_close(aggregator(features), expected.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 def _small_model(num_classes: int = 2, dim: int = 64) -> CrasModel:
@@ -200,6 +221,21 @@ def test_center_matching_is_position_free_nearest_by_cosine():
     features = 3.0 * centers[order].unsqueeze(0)  # scaled copies, shuffled positions: cosine finds them
     matched = model.match_centers(features, torch.tensor([0]))
     torch.testing.assert_close(matched[0], centers[order])
+
+
+@pytest.mark.parametrize("center_dtype", ["float32", "float16"])
+def test_center_matching_takes_whole_rows_equal_to_the_per_element_gather(center_dtype):
+    """Rows indexed from the flattened centers equal ``torch.gather`` on each image's set (the earlier path), for
+    images of several classes, across chunks, with centers stored in half precision."""
+    model = CrasModel(**LITE, pre_trained=False, embed_dim=8, center_dtype=center_dtype)
+    model.set_centers(torch.randn(3, 20, 8, generator=torch.Generator().manual_seed(0)))
+    model.match_chunk = 2
+    features = torch.randn(5, 20, 8, generator=torch.Generator().manual_seed(1))
+    classes = torch.tensor([2, 0, 1, 2, 1])
+    bank = model.centers[classes].float()
+    nearest = torch.bmm(F.normalize(features, dim=2), F.normalize(bank, dim=2).transpose(1, 2)).argmax(dim=2)
+    expected = torch.gather(bank, 1, nearest.unsqueeze(-1).expand(-1, -1, 8))
+    torch.testing.assert_close(model.match_centers(features, classes), expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("center_dtype", ["float32", "float16"])

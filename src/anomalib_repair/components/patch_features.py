@@ -45,6 +45,16 @@ def pooling_kernels(channels: Sequence[int], pool_dim: int, patch_size: int) -> 
     return kernels
 
 
+def output_span(kernel: torch.Tensor) -> tuple[int, int]:
+    """``[first, last + 1)`` of the output channels a layer's kernel reaches (the others' weights are all zero).
+
+    The cross-layer pooling averages neighbouring entries of the layers' concatenation, so each layer feeds one
+    contiguous block of the outputs (with two layers, exactly one half each).
+    """
+    used = kernel.flatten(1).ne(0).any(dim=1).nonzero().flatten()
+    return (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+
+
 class PatchAggregator(nn.Module):
     """Turn multi-layer feature maps into one vector per patch.
 
@@ -70,8 +80,12 @@ class PatchAggregator(nn.Module):
         self.patch_size = patch_size
         self.in_channels = tuple(int(width) for width in in_channels) if in_channels is not None else None
         kernels = pooling_kernels(self.in_channels, pool_dim, patch_size) if self.in_channels else []
-        for index, kernel in enumerate(kernels):
-            self.register_buffer(f"kernel_{index}", kernel, persistent=False)
+        self.spans = [output_span(kernel) for kernel in kernels]
+        edges = [edge for span in self.spans for edge in span]  # do the blocks follow each other and cover D?
+        self.tiled = bool(edges) and edges[0] == 0 and edges[-1] == pool_dim and edges[1:-1:2] == edges[2::2]
+        for index, (kernel, (first, stop)) in enumerate(zip(kernels, self.spans, strict=True)):
+            # only the output channels this layer reaches: the rest of the kernel is zeros (half of it, two layers)
+            self.register_buffer(f"kernel_{index}", kernel[first:stop].contiguous(), persistent=False)
 
     def grid_size(self, features: list[torch.Tensor]) -> tuple[int, int]:
         """Height and width of the patch grid (that of the first, finest tapped layer)."""
@@ -82,14 +96,20 @@ class PatchAggregator(nn.Module):
         if self.in_channels is None or tuple(int(f.shape[1]) for f in features) != self.in_channels:
             return self.by_unfolding(features)
         height, width = self.grid_size(features)
-        total = None
+        blocks = []
         for index, feature in enumerate(features):
             kernel = getattr(self, f"kernel_{index}").to(feature.dtype)
-            pooled = F.conv2d(feature, kernel, padding=self.patch_size // 2)  # (B, D, h, w)
+            pooled = F.conv2d(feature, kernel, padding=self.patch_size // 2)  # (B, span, h, w): its output block
             if pooled.shape[-2:] != (height, width):
                 pooled = F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=False)
-            total = pooled if total is None else total + pooled
-        assert total is not None
+            blocks.append(pooled)
+        if self.tiled:  # the blocks side by side are the output (always, for two layers)
+            total = torch.cat(blocks, dim=1)
+        else:  # blocks that share a channel at their border: each placed in the full width, then summed
+            total = sum(
+                F.pad(block, (0, 0, 0, 0, first, self.pool_dim - stop))
+                for block, (first, stop) in zip(blocks, self.spans, strict=True)
+            )
         return total.flatten(2).transpose(1, 2)
 
     def by_unfolding(self, features: list[torch.Tensor]) -> torch.Tensor:

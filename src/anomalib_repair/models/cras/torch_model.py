@@ -245,8 +245,10 @@ class CrasModel(nn.Module):
     def _match_chunk(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         bank = self.centers[classes].to(features.dtype)
         similarity = torch.bmm(F.normalize(features.detach(), dim=2), F.normalize(bank, dim=2).transpose(1, 2))
-        nearest = similarity.argmax(dim=2)
-        return torch.gather(bank, 1, nearest.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
+        nearest = similarity.argmax(dim=2)  # (B, P): the chosen center of each patch within its image's set
+        # whole rows by index from the (K·Pc, D) centers (a row gather; per-element gathering was slow in OpenVINO)
+        rows = classes.unsqueeze(1) * self.centers.shape[1] + nearest
+        return self.centers.flatten(0, 1)[rows.flatten()].to(features.dtype).view_as(features)
 
     def logits(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """Discriminator logits for ``(N, D)`` features and their centers: ``(N,)`` (what the loss takes)."""
