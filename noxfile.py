@@ -99,6 +99,7 @@ def inference(session: nox.Session) -> None:
     env = {"PYTHONPATH": "src"}
     session.run(PYTHON, "benchmarks/inference_profile.py", *session.posargs, external=True, env=env)
     session.run(PYTHON, "benchmarks/cras_whitening_speed.py", external=True, env=env)
+    session.run(PYTHON, "benchmarks/aggregator_speed.py", external=True, env=env)
     session.run(PYTHON, "benchmarks/export_latency.py", "--sizes", "128", "256", external=True, env=env)
 
 

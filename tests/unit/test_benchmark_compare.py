@@ -243,3 +243,36 @@ def test_cras_whitening_speed_refuses_a_run_where_the_model_skips_the_patched_pr
     monkeypatch.setattr(cras_torch.CrasModel, "whitened_residuals", lambda self, features, classes: features)
     with pytest.raises(RuntimeError, match="did not call every product"):
         speed.measure(64, [1], 1)
+
+
+def test_aggregator_speed_times_both_paths_and_leaves_the_model_its_own(tmp_path: Path) -> None:
+    speed = _load("aggregator_speed")
+    args = ["--methods", "cras", "--sizes", "64", "--batches", "1", "--runs", "1", "--output", str(tmp_path)]
+    assert speed.main(args) == 0
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    row = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
+    assert float(row["aggregate_speed_ratio"]) > 0 and float(row["forward_speed_ratio"]) > 0
+    assert float(row["x_backbone_blocks"]) > 0 and row["method"] == "cras"
+    assert "aggregator_speed.py" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
+
+
+def test_aggregator_speed_refuses_a_run_where_the_model_skips_the_patched_aggregator(monkeypatch) -> None:
+    speed = _load("aggregator_speed")
+    import anomalib_repair.models.cras.torch_model as cras_torch
+
+    def embed_without_the_aggregator(self, images):  # a model that no longer calls self.aggregator(...)
+        features = self.backbone(images)
+        return self.aggregator.by_unfolding(features), self.aggregator.grid_size(features)
+
+    monkeypatch.setattr(cras_torch.CrasModel, "embed", embed_without_the_aggregator)
+    with pytest.raises(RuntimeError, match="did not call both aggregation paths"):
+        speed.measure("cras", 64, [1], 1)
+
+
+def test_the_full_kernel_aggregation_rebuilt_by_the_benchmark_equals_the_model_path() -> None:
+    speed = _load("aggregator_speed")
+    from anomalib_repair.components.patch_features import PatchAggregator
+
+    aggregator = PatchAggregator(pool_dim=48, in_channels=(8, 16))
+    features = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    torch.testing.assert_close(speed.full_kernel_aggregate(aggregator, features), aggregator(features))
