@@ -100,8 +100,8 @@ def antialias_resize_crop(images: torch.Tensor, shorter_side: int, crop: Sequenc
     """
     static = _static_size(images)
     if static is not None and min(static) == int(shorter_side) and crop[0] <= static[0] and crop[1] <= static[1]:
-        top, left = round((static[0] - crop[0]) / 2.0), round((static[1] - crop[1]) / 2.0)  # the resize is identity
-        return images[..., top : top + int(crop[0]), left : left + int(crop[1])]
+        first_row, first_column = round((static[0] - crop[0]) / 2.0), round((static[1] - crop[1]) / 2.0)  # identity
+        return images[..., first_row : first_row + int(crop[0]), first_column : first_column + int(crop[1])]
     height = torch.arange(images.shape[-2], dtype=torch.float32)[-1] + 1.0
     width = torch.arange(images.shape[-1], dtype=torch.float32)[-1] + 1.0
     portrait = width <= height  # torchvision: the shorter side gets `shorter_side`, the other is truncated

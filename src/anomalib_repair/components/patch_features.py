@@ -106,10 +106,11 @@ class PatchAggregator(nn.Module):
         if self.tiled:  # the blocks side by side are the output (always, for two layers)
             total = torch.cat(blocks, dim=1)
         else:  # blocks that share a channel at their border: each placed in the full width, then summed
-            total = sum(
+            placed = [
                 F.pad(block, (0, 0, 0, 0, first, self.pool_dim - stop))
                 for block, (first, stop) in zip(blocks, self.spans, strict=True)
-            )
+            ]
+            total = torch.stack(placed).sum(dim=0)
         return total.flatten(2).transpose(1, 2)
 
     def by_unfolding(self, features: list[torch.Tensor]) -> torch.Tensor:
