@@ -66,7 +66,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
          "--output", f"{RESULTS}/patchcore_128.csv")
         for ratio in ("0.003", "0.03")
     ),
-    ("--method", "patchcore", "--seeds", "0", "1", "--set", "coreset_sampling_ratio=0.1", "--map-sigmas", "4", "8",
+    ("--method", "patchcore", "--seeds", "0", "1", "2", "--set", "coreset_sampling_ratio=0.1", "--map-sigmas", "4", "8",
      "--output", f"{RESULTS}/patchcore_128.csv"),
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/mfrnet_128.csv"),
     # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch, now stage2.init)
