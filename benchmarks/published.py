@@ -84,6 +84,12 @@ LABELS = {
     "x_backbone_dense": "dense × backbone",
     "x_backbone_banded": "banded × backbone",
     "speed_ratio": "dense / banded",
+    "aggregate_full_ms_per_image": "full kernels: aggregation ms/img",
+    "aggregate_blocks_ms_per_image": "blocks: aggregation ms/img",
+    "aggregate_speed_ratio": "aggregation full / blocks",
+    "forward_speed_ratio": "forward full / blocks",
+    "x_backbone_full": "full × backbone",
+    "x_backbone_blocks": "blocks × backbone",
 }
 # Where one column name means something else in one recorded file: (file name, column) -> header.
 FILE_LABELS = {
