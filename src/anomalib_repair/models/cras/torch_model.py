@@ -211,7 +211,7 @@ class CrasModel(nn.Module):
         if is_exporting():  # every category, then each image's own: no data-dependent shapes in the graph
             residuals = torch.zeros_like(features)
             for category in range(self.position_whiteners.shape[0]):
-                whitened = torch.einsum("pde,bpe->bpd", self.position_whiteners[category], offsets)
+                whitened = lower_triangular_product(self.position_whiteners[category], offsets)
                 residuals = torch.where((classes == category).view(-1, 1, 1), whitened, residuals)
             return residuals
         residuals = torch.empty_like(features)
