@@ -56,10 +56,16 @@ def test_shorter_side_resize_then_center_crop_equals_torchvision(height: int, wi
 
 
 def test_images_already_at_the_size_are_not_resized_as_torchvision_does() -> None:
-    images = torch.rand(1, 3, 64, 80)
-    assert antialias_resize(images, (64, 80)) is images
+    images = torch.rand(1, 3, 64, 83)
+    assert antialias_resize(images, (64, 83)) is images
     crop = exportable_transform(Compose([Resize(64, antialias=True), CenterCrop((56, 56))]))
-    torch.testing.assert_close(crop(images), CenterCrop((56, 56))(images), atol=0, rtol=0)
+    cropped = crop(images)  # a view: columns 14-69 (27 / 2 = 13.5 rounds half to even, as torchvision's crop)
+    assert cropped.untyped_storage().data_ptr() == images.untyped_storage().data_ptr()
+    torch.testing.assert_close(cropped, CenterCrop((56, 56))(images), atol=0, rtol=0)
+    torch.testing.assert_close(cropped, images[..., 4:60, 14:70], atol=0, rtol=0)
+    # integer images come out as floats, as from the matrix path, whether or not they are resized
+    pixels = torch.randint(0, 256, (1, 3, 64, 83), dtype=torch.uint8)
+    assert antialias_resize(pixels, (64, 83)).dtype == antialias_resize(pixels, (32, 40)).dtype == torch.float32
 
 
 class _PreProcessedConv(torch.nn.Module):

@@ -86,7 +86,7 @@ def antialias_resize(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     so a model exported at its own input size does no resize work.
     """
     if _static_size(images) == (int(size[0]), int(size[1])):
-        return images
+        return images if images.is_floating_point() else images.float()  # floats, as the matrix path gives
     rows = antialias_matrix(images.shape[-2], int(size[0]))
     columns = antialias_matrix(images.shape[-1], int(size[1]))
     return _apply(images, rows, columns)
@@ -101,7 +101,8 @@ def antialias_resize_crop(images: torch.Tensor, shorter_side: int, crop: Sequenc
     static = _static_size(images)
     if static is not None and min(static) == int(shorter_side) and crop[0] <= static[0] and crop[1] <= static[1]:
         first_row, first_column = round((static[0] - crop[0]) / 2.0), round((static[1] - crop[1]) / 2.0)  # identity
-        return images[..., first_row : first_row + int(crop[0]), first_column : first_column + int(crop[1])]
+        cropped = images[..., first_row : first_row + int(crop[0]), first_column : first_column + int(crop[1])]
+        return cropped if cropped.is_floating_point() else cropped.float()
     height = torch.arange(images.shape[-2], dtype=torch.float32)[-1] + 1.0
     width = torch.arange(images.shape[-1], dtype=torch.float32)[-1] + 1.0
     portrait = width <= height  # torchvision: the shorter side gets `shorter_side`, the other is truncated

@@ -49,7 +49,8 @@ def output_span(kernel: torch.Tensor) -> tuple[int, int]:
     """``[first, last + 1)`` of the output channels a layer's kernel reaches (the others' weights are all zero).
 
     The cross-layer pooling averages neighbouring entries of the layers' concatenation, so each layer feeds one
-    contiguous block of the outputs (with two layers, exactly one half each).
+    contiguous block of the outputs (with two layers and an even ``pool_dim``, exactly one half each; otherwise
+    neighbouring blocks may share their border channel).
     """
     used = kernel.flatten(1).ne(0).any(dim=1).nonzero().flatten()
     return (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
@@ -103,7 +104,7 @@ class PatchAggregator(nn.Module):
             if pooled.shape[-2:] != (height, width):
                 pooled = F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=False)
             blocks.append(pooled)
-        if self.tiled:  # the blocks side by side are the output (always, for two layers)
+        if self.tiled:  # the blocks side by side are the output (two layers and an even pool_dim)
             total = torch.cat(blocks, dim=1)
         else:  # blocks that share a channel at their border: each placed in the full width, then summed
             placed = [
