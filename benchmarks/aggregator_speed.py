@@ -18,9 +18,6 @@ Writes ``benchmarks/results/aggregator_speed/results.csv`` (and ``results.json``
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -132,17 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     with inference_profile.quiet():
         rows = [row for method in args.methods for size in args.sizes
                 for row in measure(method, size, args.batches, args.runs)]  # fmt: skip
-    args.output.mkdir(parents=True, exist_ok=True)
-    inference_profile.write_csv(args.output / "results.csv", rows)
-    meta = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "PYTHONPATH=src python benchmarks/aggregator_speed.py " + " ".join(argv or sys.argv[1:]),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": list(os.getloadavg()),
-    }
-    (args.output / "results.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
-    print(f"written to {args.output}")
+    inference_profile.write_timing_run(args.output, rows, "aggregator_speed.py", argv)
     return 0
 
 

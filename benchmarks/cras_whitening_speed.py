@@ -17,9 +17,6 @@ Writes ``benchmarks/results/cras_whitening_speed/results.csv`` (and ``results.js
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import statistics
 import sys
 import time
@@ -130,17 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with inference_profile.quiet():
         rows = [row for size in args.sizes for row in measure(size, args.batches, args.runs)]
-    args.output.mkdir(parents=True, exist_ok=True)
-    inference_profile.write_csv(args.output / "results.csv", rows)
-    meta = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "PYTHONPATH=src python benchmarks/cras_whitening_speed.py " + " ".join(argv or sys.argv[1:]),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": list(os.getloadavg()),
-    }
-    (args.output / "results.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
-    print(f"written to {args.output}")
+    inference_profile.write_timing_run(args.output, rows, "cras_whitening_speed.py", argv)
     return 0
 
 

@@ -351,6 +351,24 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def write_timing_run(output: Path, rows: list[dict[str, Any]], script: str, argv: list[str] | None) -> None:
+    """``output/results.csv`` from ``rows`` and ``output/results.json`` with the command, threads and load.
+
+    Shared by the in-process A/B timings (``cras_whitening_speed.py``, ``aggregator_speed.py``).
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(output / "results.csv", rows)
+    meta = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": f"PYTHONPATH=src python benchmarks/{script} " + " ".join(argv or sys.argv[1:]),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_at_end": list(os.getloadavg()),
+    }
+    (output / "results.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
+    print(f"written to {output}")
+
+
 def ahead_of_padim(row: dict[str, Any], timing: list[dict[str, Any]]) -> bool | None:
     """Whether ``row``'s ratio is below PaDiM's at the same size and batch (None for PaDiM, or without its row)."""
     if row["method"] == "padim":
