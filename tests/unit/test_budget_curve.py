@@ -111,6 +111,32 @@ def test_a_peer_setting_that_moves_only_the_maps_is_chosen_by_its_tune_pixel_aur
     assert report.best_peer_settings([*rows, capped]) == {("patchcore", "128"): "r map_sigma=2"}
 
 
+def test_glass_is_charted_as_a_curve_at_its_tune_best_noise_and_never_from_a_capped_sweep():
+    def row(variant: str, half: str, budget: str, image: float, pixel: float, method: str = "glass") -> dict:
+        return {"method": method, "variant": variant, "image_size": "128", "half": half, "budget": budget,
+                "image_AUROC": image, "pixel_AUROC": pixel, "score_mode": "", "image_cache": "yes",
+                "image_score": ""}  # fmt: skip
+
+    table = [
+        row("gaussian_noise_std=1.0 max_train=200", "tune", "3", 1.0, 1.0),  # the capped sweep: never drawn
+        row("gaussian_noise_std=1.0 max_train=200", "report", "3", 1.0, 1.0),
+        row("gaussian_noise_std=0.1", "tune", "1", 0.90, 0.80),
+        row("gaussian_noise_std=0.1", "tune", "3", 0.93, 0.85),
+        row("gaussian_noise_std=0.1", "report", "1", 0.91, 0.81),
+        row("gaussian_noise_std=0.1", "report", "3", 0.92, 0.86),
+        row("gaussian_noise_std=0.3", "tune", "3", 0.92, 0.84),
+        row("gaussian_noise_std=0.3", "report", "3", 0.99, 0.99),  # better on report: must not decide
+        row("n_features=100", "report", "1", 0.98, 0.90, method="padim"),
+        row("n_features=100", "tune", "1", 0.98, 0.90, method="padim"),
+    ]
+    assert report.best_peer_settings(table)[("glass", "128")] == "gaussian_noise_std=0.1"
+    lines = report.chart_lines(table)
+    glass = lines[("glass", "gaussian_noise_std=0.1", "128", "", "yes")]
+    assert sorted(r["budget"] for r in glass) == ["1", "3"]  # both budgets: a curve
+    assert all(r["half"] == "report" for r in glass)
+    assert {key[:2] for key in lines} == {("glass", "gaussian_noise_std=0.1"), ("padim", "n_features=100")}
+
+
 def test_map_sigmas_evaluate_the_same_weights_once_per_sigma_and_restore_the_generator(monkeypatch):
     from types import SimpleNamespace
 
