@@ -80,7 +80,7 @@ def test_summary_gives_mean_and_sd_over_seeds_and_keeps_the_degenerate_flag(tmp_
 def test_the_recorded_plan_names_only_known_methods_and_outputs_under_results():
     for entry in curve.PLAN:
         args = curve.parse_args(list(entry))
-        assert args.method in (*curve.compare.OURS, *curve.PEERS)
+        assert args.method in (*curve.compare.OURS, *curve.PEERS, *curve.TRAINED_PEERS)
         assert str(args.output).startswith(curve.RESULTS)
 
 
