@@ -103,7 +103,7 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     lines = chart_lines(table)
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 6))
     for axis, metric, title in zip(axes, ("image_AUROC", "pixel_AUROC"), ("I-AUROC", "P-AUROC"), strict=True):
         for (method, variant, size, mode, _cache), members in sorted(lines.items()):
             label = f"{method} {variant} {size}px" + (f" ({mode})" if mode else "")
@@ -129,9 +129,10 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
         axis.set_ylabel(f"mean {title}, report half (mean ± s.d. over seeds)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[1].get_legend_handles_labels()  # one legend below both panels: it hides no curve
     figure.suptitle("Budget curves, unified model over ../shared/data/real (reduced CPU recipes, EfficientNet-Lite0)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.15, 1, 1))
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
