@@ -104,6 +104,13 @@ def inference(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """Time the papers' exact settings on a CUDA device (random weights): training and inference (issues 15 and 19)."""
+    _install(session)
+    session.run(PYTHON, "benchmarks/gpu_timing.py", *session.posargs, external=True, env={"PYTHONPATH": "src"})
+
+
+@nox.session
 def scaling(session: nox.Session) -> None:
     """Record how training time and memory grow with categories, and the model-specific scaling/ablation runs."""
     _install(session)

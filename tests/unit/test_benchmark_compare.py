@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import sys
@@ -276,3 +277,38 @@ def test_the_full_kernel_aggregation_rebuilt_by_the_benchmark_equals_the_model_p
     aggregator = PatchAggregator(pool_dim=48, in_channels=(8, 16))
     features = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
     torch.testing.assert_close(speed.full_kernel_aggregate(aggregator, features), aggregator(features))
+
+
+def test_gpu_timing_smoke_trains_and_times_the_recipes_on_the_cpu(tmp_path: Path) -> None:
+    """``gpu_timing.py --smoke``: the code path a lent GPU will run (Engine fit, batch timer, paired floor), on CPU."""
+    gpu = _load("gpu_timing")
+    argv = ["--smoke", "--methods", "cras", "crr", "--warmup", "1", "--steps", "2", "--batches", "1", "2",
+            "--runs", "1", "--output", str(tmp_path)]  # fmt: skip
+    assert gpu.main(argv) == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(row["method"], row["infer_batch"]) for row in rows] == [("cras", "1"), ("cras", "2"), ("crr", "1"),
+                                                                     ("crr", "2")]  # fmt: skip
+    for row in rows:
+        assert row["timed_batches"] == "2"  # batches, not optimizer steps (CRAS has two optimizers)
+        assert float(row["train_batches_per_s"]) > 0 and float(row["x_backbone"]) > 0
+        assert row["input_size"] == "64" and row["precision"] == "32-true"
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert "gpu_timing.py --smoke" in meta["command"] and meta["weights"].startswith("random")
+
+
+def test_gpu_timing_builds_random_weights_and_refuses_to_time_a_cpu_as_a_gpu(monkeypatch, capsys) -> None:
+    import timm
+
+    gpu = _load("gpu_timing")
+    original = timm.create_model
+    seen = {}
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: seen.update(k))
+    with gpu.random_backbone_weights():
+        timm.create_model("resnet18", pretrained=True, pretrained_cfg_overlay={"file": "w.pth"})
+    assert seen == {"pretrained": False}  # no download, no weight file
+    monkeypatch.setattr(timm, "create_model", original)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--methods", "cras"]) == 1
+    assert "no CUDA device" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="Dinomaly"):
+        gpu.build("dinomaly", 1, 1, smoke=True)
