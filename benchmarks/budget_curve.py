@@ -41,11 +41,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare
+from budget_report import PEERS, TRAINED_PEERS  # one-pass peers (lines) and epoch-trained ones (curves)
 
 from anomalib_repair.evaluation.ranks import unit_ranks
 
-PEERS = ("padim", "patchcore")  # anomalib's one-pass models: drawn as lines at their best setting on the tune half
-TRAINED_PEERS = ("glass",)  # anomalib's epoch-trained models: curves like ours (its noise std swept with --set)
 RESULTS = "benchmarks/results/budget_curves"
 # The recorded curves (``nox -s curves`` re-runs every entry, then ``budget_report.py``): the arguments of each run.
 PLAN: tuple[tuple[str, ...], ...] = (
@@ -138,7 +137,7 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "1", "2", "--image-scores", "patch_max", "map_max",
      "map_top_mean", "--variant", "image_score_study", "--output", f"{RESULTS}/cras_128_image_score.csv"),
     # anomalib's GLASS, the epoch-trained peer: its feature-noise std swept on the tune half (200 training images per
-    # category, 3 epochs; it moves no metric by more than 0.001: the truncated projection rescales the noise), then
+    # category, 3 epochs; it moves no mean metric by more than 0.0006: the gradient ascent rescales the noise), then
     # the hypersphere variant (svd=1) on the same sweep, then the full-data curve of the best on the tune half
     *(
         ("--method", "glass", "--budgets", "1", "3", "--seeds", "0", "--max-train", "200", "--set",

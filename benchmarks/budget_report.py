@@ -166,21 +166,30 @@ def best_peer_settings(table: list[dict[str, Any]]) -> dict[tuple[str, str], str
     """For each peer and image size, the variant with the best mean I-AUROC + P-AUROC on the **tune** half.
 
     The sum ranks settings that move only the maps (a map sigma) as well as those that move the image scores. An
-    epoch-trained peer (GLASS) is judged by its row at any budget; runs on capped training sets are studies (a noise
-    sweep), never the drawn setting.
+    epoch-trained peer's (GLASS's) settings are compared at the longest budget all of them reached, so a setting run
+    longer does not win by its length; runs on capped training sets are studies (a noise sweep), never the drawn
+    setting. Ties keep the first row of the table.
     """
 
     def merit(row: dict[str, Any]) -> float:
         return float(row["image_AUROC"]) + float(row.get("pixel_AUROC") or 0.0)
 
-    best: dict[tuple[str, str], dict[str, Any]] = {}
+    candidates: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in table:
         if row["method"] not in (*PEERS, *TRAINED_PEERS) or row["half"] != "tune" or CAPPED in row["variant"]:
             continue  # a peer trained on capped training sets is a study, not the peer's best full-data setting
-        key = (row["method"], str(row["image_size"]))
-        if key not in best or merit(row) > merit(best[key]):
-            best[key] = row
-    return {key: row["variant"] for key, row in best.items()}
+        candidates.setdefault((row["method"], str(row["image_size"])), []).append(row)
+    best: dict[tuple[str, str], str] = {}
+    for key, rows in candidates.items():
+        compared = rows
+        if key[0] in TRAINED_PEERS:  # settings compared at the longest budget every one of them reached
+            budgets = [{str(r["budget"]) for r in rows if r["variant"] == v} for v in {r["variant"] for r in rows}]
+            shared = set.intersection(*budgets)
+            if shared:
+                longest = max(shared, key=int)
+                compared = [row for row in rows if str(row["budget"]) == longest]
+        best[key] = max(compared, key=merit)["variant"]
+    return best
 
 
 def commands(folder: Path) -> list[dict[str, Any]]:

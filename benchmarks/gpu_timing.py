@@ -22,7 +22,9 @@ Writes ``results.csv`` and ``results.json`` (command, device, versions) to ``ben
     PYTHONPATH=src python benchmarks/gpu_timing.py --smoke --output /tmp/gpu_smoke   # CPU, tiny: the code path only
 
 ``--smoke`` runs on the CPU with the reduced CPU recipes (``configs/<model>/cpu_reduced.yaml``) at 64 px and a few
-steps: it checks the code path (the test suite runs it), its numbers mean nothing.
+steps (``16-mixed`` becomes ``bf16-mixed``, the CPU's autocast): it checks the code path (the test suite runs it),
+its numbers mean nothing. GLASS computes its centre over the whole training set at the start of every epoch,
+outside the timed batches: ``fit_s`` (the whole fit's wall time) shows that cost.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import json
 import platform
 import statistics
@@ -197,6 +200,11 @@ def training_timer(warmup: int, steps: int) -> Any:
     return TrainingTimer()
 
 
+def device_of(args: argparse.Namespace) -> torch.device:
+    """Where the run happens: the CUDA device, or the CPU for ``--smoke``."""
+    return torch.device("cpu" if args.smoke else "cuda")
+
+
 def synchronise(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device.type == "cuda":
@@ -221,15 +229,18 @@ def train(model: Any, batch: int, size: int, precision: str, args: argparse.Name
             accelerator="cpu" if args.smoke else "gpu",
             devices=1,
             precision=precision,
-            max_steps=-1,  # the timer stops the fit after warmup + steps batches
-            max_epochs=-1,
+            # the timer stops the fit after warmup + steps batches; a finite bound still (Dinomaly's scheduler needs
+            # one), with room for models whose optimizers advance Lightning's step count twice a batch
+            max_steps=10 * (args.warmup + args.steps),
             logger=False,
             enable_progress_bar=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
             callbacks=[ModelCheckpoint(dirpath=Path(folder) / "ckpt", save_top_k=0, save_last=False), timer],
         )
+        start = time.perf_counter()
         engine.fit(model=model, datamodule=datamodule)
+        fit_s = time.perf_counter() - start
     seconds = sum(timer.seconds)
     rate = len(timer.seconds) / seconds if seconds else float("nan")
     return {
@@ -237,6 +248,7 @@ def train(model: Any, batch: int, size: int, precision: str, args: argparse.Name
         "timed_batches": len(timer.seconds),
         "train_batches_per_s": round(rate, 3),
         "train_images_per_s": round(rate * batch, 2),
+        "fit_s": round(fit_s, 1),  # the whole fit: set-up and per-epoch work outside the batches too (centres)
     }
 
 
@@ -252,8 +264,8 @@ def timed(call: Callable[[torch.Tensor], Any], images: torch.Tensor) -> float:
 
 def infer(method: str, model: Any, size: int, precision: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Eval forward and backbone alone, at each batch size, in turn; median ms per image and their ratio."""
-    network = model.model.eval()
-    device = next(network.parameters()).device
+    device = device_of(args)
+    network = model.model.to(device).eval()  # Lightning returns the model to the CPU when fit ends
     backbone = network.get_submodule(BACKBONES[method])
     dtype = AUTOCAST.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -283,26 +295,35 @@ def infer(method: str, model: Any, size: int, precision: str, args: argparse.Nam
 
 
 def measure(method: str, precision: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One method at one precision: training rate, then inference rows (one per batch size)."""
-    torch.manual_seed(0)
-    if torch.cuda.is_available():
+    """One method at one precision: training rate, then inference rows (one per batch size); peak GPU memory of each."""
+    cuda = device_of(args).type == "cuda"
+    gc.collect()
+    if cuda:  # the previous method's model is gone: its memory counts in no later peak
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
     with random_backbone_weights():
         model, batch, size = build(method, args.warmup, args.steps, args.smoke)
         training = train(model, batch, size, precision, args)
+    train_peak = round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     inference = infer(method, model, size, precision, args)
-    peak = round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None
-    base = {"method": method, "precision": precision, "input_size": size, **training, "peak_gpu_mb": peak}
-    return [{**base, **row} for row in inference]
+    infer_peak = round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None
+    del model
+    base = {"method": method, "precision": precision, "input_size": size, **training, "peak_gpu_mb_train": train_peak}
+    return [{**base, **row, "peak_gpu_mb_infer": infer_peak} for row in inference]
 
 
 def write(output: Path, rows: list[dict[str, Any]], argv: list[str]) -> None:
     """``results.csv`` and ``results.json`` (the command, the device, the versions, the rows)."""
     import csv
+    from importlib.metadata import version
 
     output.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # a failed method's row has an error column
     with (output / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
@@ -312,32 +333,44 @@ def write(output: Path, rows: list[dict[str, Any]], argv: list[str]) -> None:
         "device": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "anomalib": version("anomalib"),
+        "lightning": version("lightning"),
+        "timm": version("timm"),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),  # TF32 or not changes 32-true on CUDA
         "weights": "random (timm pretrained=False): throughput only",
     }
     (output / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    print(f"written to {output}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure every method at every precision and write the results."""
+    """Measure every method at every precision; the results are rewritten after each, so a failure loses nothing."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_timing.py: no CUDA device is visible; on a CPU only --smoke runs (it checks the code path).")
         return 1
-    rows = []
+    rows: list[dict[str, Any]] = []
+    failed = 0
     for method in args.methods:
-        for precision in ["32-true"] if args.smoke else args.precisions:
-            for row in measure(method, precision, args):
+        for asked in args.precisions:
+            precision = "bf16-mixed" if args.smoke and asked == "16-mixed" else asked  # CPU autocast is bfloat16
+            try:
+                measured = measure(method, precision, args)
+            except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' rows
+                failed += 1
+                print(f"{method} {precision}: FAILED: {type(error).__name__}: {error}", flush=True)
+                measured = [{"method": method, "precision": precision, "error": f"{type(error).__name__}: {error}"}]
+            for row in measured:
                 rows.append(row)
-                print(
-                    f"{method:9s} {precision:9s} train {row['train_batches_per_s']:.2f} batches/s "
-                    f"(batch {row['train_batch']})  infer b{row['infer_batch']} {row['ms_per_image']:.2f} ms/img "
-                    f"({row['x_backbone']:.2f}x backbone)",
-                    flush=True,
-                )
-    write(args.output, rows, argv)
-    return 0
+                if "error" not in row:
+                    print(
+                        f"{method:9s} {precision:10s} train {row['train_batches_per_s']:.2f} batches/s "
+                        f"(batch {row['train_batch']})  infer b{row['infer_batch']} {row['ms_per_image']:.2f} "
+                        f"ms/img ({row['x_backbone']:.2f}x backbone)",
+                        flush=True,
+                    )
+            write(args.output, rows, argv)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -280,20 +280,81 @@ def test_the_full_kernel_aggregation_rebuilt_by_the_benchmark_equals_the_model_p
 
 
 def test_gpu_timing_smoke_trains_and_times_the_recipes_on_the_cpu(tmp_path: Path) -> None:
-    """``gpu_timing.py --smoke``: the code path a lent GPU will run (Engine fit, batch timer, paired floor), on CPU."""
+    """``gpu_timing.py --smoke``: the code path a lent GPU will run (Engine fit, batch timer, paired floor, autocast).
+
+    ``16-mixed`` runs as the CPU's ``bf16-mixed``: mixed precision through CRAS's two optimizers, CRR's stage I and
+    GLASS's gradient ascent.
+    """
     gpu = _load("gpu_timing")
-    argv = ["--smoke", "--methods", "cras", "crr", "--warmup", "1", "--steps", "2", "--batches", "1", "2",
-            "--runs", "1", "--output", str(tmp_path)]  # fmt: skip
+    argv = ["--smoke", "--methods", "cras", "crr", "glass", "--precisions", "16-mixed", "--warmup", "1", "--steps",
+            "2", "--batches", "1", "2", "--runs", "1", "--output", str(tmp_path)]  # fmt: skip
     assert gpu.main(argv) == 0
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert [(row["method"], row["infer_batch"]) for row in rows] == [("cras", "1"), ("cras", "2"), ("crr", "1"),
-                                                                     ("crr", "2")]  # fmt: skip
+    assert [(row["method"], row["infer_batch"]) for row in rows] == [
+        (method, batch) for method in ("cras", "crr", "glass") for batch in ("1", "2")
+    ]
     for row in rows:
-        assert row["timed_batches"] == "2"  # batches, not optimizer steps (CRAS has two optimizers)
+        assert row["timed_batches"] == "2"  # batches, not optimizer steps (CRAS and GLASS have two optimizers)
         assert float(row["train_batches_per_s"]) > 0 and float(row["x_backbone"]) > 0
-        assert row["input_size"] == "64" and row["precision"] == "32-true"
+        assert row["input_size"] == "64" and row["precision"] == "bf16-mixed"
+        assert float(row["fit_s"]) >= 2 / float(row["train_batches_per_s"])  # the fit holds the timed batches
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert "gpu_timing.py --smoke" in meta["command"] and meta["weights"].startswith("random")
+    assert {"anomalib", "lightning", "timm", "float32_matmul_precision"} <= set(meta)
+
+
+def test_gpu_timing_times_inference_on_the_run_device_and_bounds_the_fit(monkeypatch, tmp_path: Path) -> None:
+    """Lightning hands the model back on the CPU after fit: inference must move it to the run's device itself."""
+    from types import SimpleNamespace
+
+    gpu = _load("gpu_timing")
+    args = gpu.parse_args(["--smoke", "--batches", "1", "--runs", "1", "--warmup", "2", "--steps", "3"])
+    moved = []
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.backbone(images)
+
+        def to(self, *where, **kwargs):  # type: ignore[override]
+            moved.append(where[0] if where else kwargs.get("device"))
+            return super().to(*where, **kwargs)
+
+    rows = gpu.infer("cras", SimpleNamespace(model=Net()), 8, "32-true", args)
+    assert moved == [gpu.device_of(args)] and rows[0]["infer_batch"] == 1
+    seen = {}
+
+    class FakeEngine:
+        def __init__(self, **kwargs) -> None:
+            seen.update(kwargs)
+
+        def fit(self, model, datamodule) -> None:
+            del model, datamodule
+
+    monkeypatch.setattr("anomalib.engine.Engine", FakeEngine)
+    gpu.train(object(), 2, 16, "32-true", args)
+    assert 0 < seen["max_steps"] < 1000 and seen["accelerator"] == "cpu"  # finite: Dinomaly's scheduler needs one
+
+
+def test_gpu_timing_keeps_the_other_methods_rows_when_one_fails(monkeypatch, tmp_path: Path) -> None:
+    gpu = _load("gpu_timing")
+
+    def fake_measure(method, precision, args):
+        del args
+        if method == "crr":
+            raise RuntimeError("CUDA out of memory")
+        return [{"method": method, "precision": precision, "train_batches_per_s": 1.0, "train_batch": 2,
+                 "infer_batch": 1, "ms_per_image": 1.0, "x_backbone": 1.0}]  # fmt: skip
+
+    monkeypatch.setattr(gpu, "measure", fake_measure)
+    argv = ["--smoke", "--methods", "cras", "crr", "mfrnet", "--precisions", "32-true", "--output", str(tmp_path)]
+    assert gpu.main(argv) == 1
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [row["method"] for row in rows] == ["cras", "crr", "mfrnet"]
+    assert rows[1]["error"] == "RuntimeError: CUDA out of memory" and rows[2]["ms_per_image"] == "1.0"
 
 
 def test_gpu_timing_builds_random_weights_and_refuses_to_time_a_cpu_as_a_gpu(monkeypatch, capsys) -> None:

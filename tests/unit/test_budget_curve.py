@@ -130,6 +130,8 @@ def test_glass_is_charted_as_a_curve_at_its_tune_best_noise_and_never_from_a_cap
         row("n_features=100", "tune", "1", 0.98, 0.90, method="padim"),
     ]
     assert report.best_peer_settings(table)[("glass", "128")] == "gaussian_noise_std=0.1"
+    longer = [row("gaussian_noise_std=2.0", "tune", "3", 0.90, 0.80), row("gaussian_noise_std=2.0", "tune", "10", 1, 1)]
+    assert report.best_peer_settings([*table, *longer])[("glass", "128")] == "gaussian_noise_std=0.1"  # not by length
     lines = report.chart_lines(table)
     glass = lines[("glass", "gaussian_noise_std=0.1", "128", "", "yes")]
     assert sorted(r["budget"] for r in glass) == ["1", "3"]  # both budgets: a curve
