@@ -115,8 +115,10 @@ PLAN: tuple[tuple[str, ...], ...] = (
     # MFRNet at 256 px (one seed; its minutes are inflated: other jobs shared the cores)
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--image-size", "256",
      "--output", f"{RESULTS}/mfrnet_256.csv"),
-    # CRR at 256 px (one seed; stage I and II scaled as at 128 px)
+    # CRR at 256 px (stage I and II scaled as at 128 px): seed 0 at 140 and 500 steps, seeds 1 and 2 at 140
     ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "--image-size", "256",
+     "--output", f"{RESULTS}/crr_256.csv"),
+    ("--method", "crr", "--budgets", "140", "--seeds", "1", "2", "--image-size", "256",
      "--output", f"{RESULTS}/crr_256.csv"),
     # The anomaly map's Gaussian sigma read four ways from the same trainings, for CRAS's winning recipe and PaDiM
     ("--method", "cras", "--budgets", "10", "--seeds", "0", "1", "2", "--set", "residual=whitened", "noise_std=0.3",
