@@ -35,12 +35,12 @@ import datetime as dt
 import gc
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,14 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 import yaml
+from inference_profile import write_csv
 from PIL import Image
+from suite.timing import device_of, ms_per_image, synchronize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = REPO_ROOT / "benchmarks" / "results" / "gpu"
 OURS = {"cras": "CRAS", "crr": "CRR", "mfrnet": "MFRNet"}
 METHODS = (*OURS, "glass", "dinomaly")
 PRECISIONS = ("32-true", "16-mixed")
-AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 # The frozen extractor inside each torch model: the floor its forward is divided by.
 BACKBONES = {
     "cras": "backbone",
@@ -170,7 +171,7 @@ def synthetic_folder(root: Path, size: int, train_images: int) -> Path:
     return root
 
 
-def training_timer(warmup: int, steps: int) -> Any:
+def training_timer(warmup: int, steps: int, timing: Any) -> Any:
     """A Lightning callback that times each training batch after the first ``warmup`` and stops after ``steps`` more.
 
     Batches, not Lightning's ``global_step``: a model with two optimizers (CRAS, GLASS) advances that twice a batch.
@@ -185,12 +186,14 @@ def training_timer(warmup: int, steps: int) -> Any:
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             del trainer, batch, batch_idx
-            synchronise(pl_module.device)
+            del pl_module
+            synchronize(timing)
             self._start = time.perf_counter()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             del outputs, batch, batch_idx
-            synchronise(pl_module.device)
+            del pl_module
+            synchronize(timing)
             self._seen += 1
             if self._seen > warmup:
                 self.seconds.append(time.perf_counter() - self._start)
@@ -200,15 +203,9 @@ def training_timer(warmup: int, steps: int) -> Any:
     return TrainingTimer()
 
 
-def device_of(args: argparse.Namespace) -> torch.device:
-    """Where the run happens: the CUDA device, or the CPU for ``--smoke``."""
-    return torch.device("cpu" if args.smoke else "cuda")
-
-
-def synchronise(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def timing_settings(args: argparse.Namespace, precision: str) -> Any:
+    """What the suite's timing helpers read (:mod:`suite.timing`): the accelerator and the precision."""
+    return SimpleNamespace(accelerator="cpu" if args.smoke else "gpu", precision=precision)
 
 
 def train(model: Any, batch: int, size: int, precision: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -223,7 +220,7 @@ def train(model: Any, batch: int, size: int, precision: str, args: argparse.Name
         datamodule = anomalib_repair.MVTecFolder(
             root=root, categories=None, train_batch_size=batch, eval_batch_size=batch, num_workers=0
         )
-        timer = training_timer(args.warmup, args.steps)
+        timer = training_timer(args.warmup, args.steps, timing_settings(args, precision))
         engine = Engine(
             default_root_dir=Path(folder) / "run",
             accelerator="cpu" if args.smoke else "gpu",
@@ -252,36 +249,18 @@ def train(model: Any, batch: int, size: int, precision: str, args: argparse.Name
     }
 
 
-def timed(call: Callable[[torch.Tensor], Any], images: torch.Tensor) -> float:
-    """Wall seconds of ``call(images)``, the device synchronised before and after."""
-    device = images.device
-    synchronise(device)
-    start = time.perf_counter()
-    call(images)
-    synchronise(device)
-    return time.perf_counter() - start
-
-
 def infer(method: str, model: Any, size: int, precision: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Eval forward and backbone alone, at each batch size, in turn; median ms per image and their ratio."""
-    device = device_of(args)
+    timing = timing_settings(args, precision)
+    device = device_of(timing)
     network = model.model.to(device).eval()  # Lightning returns the model to the CPU when fit ends
     backbone = network.get_submodule(BACKBONES[method])
-    dtype = AUTOCAST.get(precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     rows = []
     for batch in args.batches:
         images = torch.randn(batch, 3, size, size, device=device)
-        with torch.inference_mode(), autocast:
-            for _ in range(3):  # warm-up: kernels chosen (oneDNN, cuDNN), caches filled
-                network(images)
-                backbone(images)
-            forward, floor = [], []
-            for _ in range(args.runs):
-                forward.append(timed(network, images))
-                floor.append(timed(backbone, images))
-        ms = 1000 * statistics.median(forward) / batch
-        floor_ms = 1000 * statistics.median(floor) / batch
+        # in turn, round after round, synchronised, under the precision's autocast, after 3 warm-up calls each
+        timed = ms_per_image({"model": network, "backbone": backbone}, images, args.runs, timing)
+        ms, floor_ms = timed["model"][0], timed["backbone"][0]
         rows.append(
             {
                 "infer_batch": batch,
@@ -296,7 +275,7 @@ def infer(method: str, model: Any, size: int, precision: str, args: argparse.Nam
 
 def measure(method: str, precision: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One method at one precision: training rate, then inference rows (one per batch size); peak GPU memory of each."""
-    cuda = device_of(args).type == "cuda"
+    cuda = not args.smoke
     gc.collect()
     if cuda:  # the previous method's model is gone: its memory counts in no later peak
         torch.cuda.empty_cache()
@@ -317,15 +296,10 @@ def measure(method: str, precision: str, args: argparse.Namespace) -> list[dict[
 
 def write(output: Path, rows: list[dict[str, Any]], argv: list[str]) -> None:
     """``results.csv`` and ``results.json`` (the command, the device, the versions, the rows)."""
-    import csv
     from importlib.metadata import version
 
     output.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row))  # a failed method's row has an error column
-    with (output / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(output / "results.csv", rows)  # a failed method's row adds an error column
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     meta = {
         "command": " ".join(["PYTHONPATH=src python benchmarks/gpu_timing.py", *argv]),

@@ -344,9 +344,9 @@ def memory_rows(method: str, size: int, batch: int) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` (dicts with the same keys) to ``path``."""
+    """Write ``rows`` to ``path``: every key of any row is a column (in first-seen order; missing cells empty)."""
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
 
