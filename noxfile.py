@@ -81,6 +81,7 @@ def curves(session: nox.Session) -> None:
     dynamics = ["--budgets", "1", "10", "30", "--output", "benchmarks/results/cras_dynamics/recipe.csv"]
     session.run(PYTHON, "benchmarks/cras_dynamics.py", *dynamics, external=True, env=env)
     session.run(PYTHON, "benchmarks/cras_feature_scores.py", external=True, env=env)  # why cpu_whitened exists
+    session.run(PYTHON, "benchmarks/cras_discriminator_gain.py", external=True, env=env)  # what its training adds
 
 
 @nox.session
@@ -101,6 +102,7 @@ def inference(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/cras_whitening_speed.py", external=True, env=env)
     session.run(PYTHON, "benchmarks/aggregator_speed.py", external=True, env=env)
     session.run(PYTHON, "benchmarks/export_latency.py", "--sizes", "128", "256", external=True, env=env)
+    session.run(PYTHON, "benchmarks/flop_ratio.py", external=True, env=env)  # the papers' settings, FLOPs only
 
 
 @nox.session

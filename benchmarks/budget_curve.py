@@ -120,6 +120,15 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "--output", f"{RESULTS}/crr_256.csv"),
     ("--method", "crr", "--budgets", "140", "--seeds", "1", "2", "--image-size", "256",
      "--output", f"{RESULTS}/crr_256.csv"),
+    # Both residuals at once (residual=center_and_whitened): noise_std on the tune half (seed 0), then seeds 1 and 2 at
+    # 0.3; within the seed spread of cpu_whitened on the tune half, so no recipe uses it (CRAS README)
+    *(
+        ("--method", "cras", "--budgets", "3", "10", "--seeds", "0", "--set", "residual=center_and_whitened",
+         f"noise_std={sigma}", "--output", f"{RESULTS}/cras_128_combined.csv")
+        for sigma in ("0.3", "0.1", "1.0")
+    ),
+    ("--method", "cras", "--budgets", "3", "10", "--seeds", "1", "2", "--set", "residual=center_and_whitened",
+     "noise_std=0.3", "--output", f"{RESULTS}/cras_128_combined.csv"),
     # The anomaly map's Gaussian sigma read four ways from the same trainings, for CRAS's winning recipe and PaDiM
     ("--method", "cras", "--budgets", "10", "--seeds", "0", "1", "2", "--set", "residual=whitened", "noise_std=0.3",
      "--variant", "cpu_whitened", "--map-sigmas", "1", "2", "4", "8", "--output", f"{RESULTS}/cras_128_map_sigma.csv"),

@@ -129,15 +129,15 @@ def build_network(method: str, size: int) -> tuple[nn.Module, nn.Module]:
     return network, own_backbone(method, network)
 
 
-def fit_categories(method: str, network: nn.Module, size: int) -> None:
-    """Give ``network`` :data:`NUM_CATEGORIES` centre sets / prototypes from random images (shapes as after fit)."""
+def fit_categories(method: str, network: nn.Module, size: int, num_categories: int = NUM_CATEGORIES) -> None:
+    """Give ``network`` ``num_categories`` centre sets / prototypes from random images (shapes as after fit)."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(NUM_CATEGORIES, 3, size, size, generator=generator)
+    images = torch.randn(num_categories, 3, size, size, generator=generator)
     with torch.no_grad():
         if family(method) == "cras":
             frozen = network.patch_features(images)  # (K, P, D): one image's patches per class
             network.set_centers(network.adaptor(frozen))
-            if network.residual == "whitened":  # per-position means and (identity) covariances of the fitted shapes
+            if network.residual != "center":  # per-position means and (identity) covariances of the fitted shapes
                 eye = torch.eye(frozen.shape[-1])
                 network.set_position_statistics(frozen, eye.expand(*frozen.shape[:2], -1, -1).clone())
         else:

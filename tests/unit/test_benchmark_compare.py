@@ -303,6 +303,52 @@ def test_gpu_timing_smoke_trains_and_times_the_recipes_on_the_cpu(tmp_path: Path
     assert {"anomalib", "lightning", "timm", "float32_matmul_precision"} <= set(meta)
 
 
+def test_flop_ratio_smoke_counts_each_forward_against_its_own_backbone(tmp_path: Path) -> None:
+    """``flop_ratio.py --smoke``: the papers' FLOP ratios' code path, on the reduced recipes at 64 px."""
+    flops = _load("flop_ratio")
+    argv = ["--smoke", "--methods", "cras", "mfrnet", "glass", "--categories", "2", "--output", str(tmp_path)]
+    assert flops.main(argv) == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [row["method"] for row in rows] == ["cras", "mfrnet", "glass"]
+    for row in rows:
+        total, floor = float(row["gflops"]), float(row["backbone_gflops"])
+        assert 0 < floor < total  # every model does its backbone's arithmetic and more
+        assert float(row["x_backbone_flops"]) == pytest.approx(total / floor, rel=0.01)
+        assert row["above_target"] == str(total / floor > 1.5) and row["input_size"] == "64"
+    assert rows[0]["categories"] == "2" and rows[2]["categories"] == ""  # anomalib's models have no category sets
+    assert "flop_ratio.py --smoke" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
+
+
+def test_cras_discriminator_gain_reads_the_whitened_residual_norm_and_summarises_seeds() -> None:
+    """The ``mahalanobis`` reading is the norm of the fitted network's own whitened residual, through its own map."""
+    gain = _load("cras_discriminator_gain")
+    from anomalib_repair.models.cras.torch_model import CrasModel
+
+    network = CrasModel(backbone="tf_efficientnet_lite0.pypi", layers=("blocks.2", "blocks.4"), pre_trained=False,
+                        embed_dim=16, residual="whitened")  # fmt: skip
+    images = torch.rand(2, 3, 64, 64)
+    features, (height, width) = network.embed(images)
+    positions = height * width
+    network.set_centers(torch.randn(2, positions, 16))
+    network.set_position_statistics(torch.randn(2, positions, 16), torch.eye(16).expand(2, positions, 16, 16) * 2)
+    network.eval()
+    with torch.no_grad():
+        output = gain.MahalanobisReading(network)(images)
+        classes = network.infer_classes(network.adaptor(features))
+        norms = network.whitened_residuals(features, classes).norm(dim=2)
+    torch.testing.assert_close(output.pred_score, norms.amax(dim=1))
+    assert output.anomaly_map.shape == (2, 1, 64, 64)
+    rows = [{"reading": "mahalanobis", "half": "tune", "category": "mean", "image_AUROC": value,
+             "pixel_AUROC": 0.5, "pixel_AUPRO": 0.25} for value in (0.9, 1.0)]  # fmt: skip
+    (entry,) = gain.summary(rows)
+    assert (
+        entry["seeds"] == 2
+        and entry["image_AUROC"] == 0.95
+        and entry["image_AUROC_sd"] == pytest.approx(0.0707, abs=1e-4)
+    )
+    assert entry["pixel_AUROC_sd"] == 0.0
+
+
 def test_gpu_timing_times_inference_on_the_run_device_and_bounds_the_fit(monkeypatch, tmp_path: Path) -> None:
     """Lightning hands the model back on the CPU after fit: inference must move it to the run's device itself."""
     from types import SimpleNamespace

@@ -365,8 +365,10 @@ def test_bad_options_fail_with_one_line():
         build_pre_processor("tf_efficientnet_lite0.pypi", 128, None, "shorter_side")
 
 
-def _whitened_model(num_classes: int = 2, dim: int = 16) -> tuple[CrasModel, torch.Tensor, torch.Tensor]:
-    model = CrasModel(**LITE, pre_trained=False, embed_dim=dim, residual="whitened")
+def _whitened_model(
+    num_classes: int = 2, dim: int = 16, residual: str = "whitened"
+) -> tuple[CrasModel, torch.Tensor, torch.Tensor]:
+    model = CrasModel(**LITE, pre_trained=False, embed_dim=dim, residual=residual)
     _, grid = model.embed(torch.rand(1, 3, 64, 64))
     positions = grid[0] * grid[1]
     model.set_centers(torch.randn(num_classes, positions, dim))
@@ -406,8 +408,9 @@ def test_whitened_residual_export_path_equals_the_eager_one(monkeypatch):
     torch.testing.assert_close(model.whitened_residuals(features, classes), eager)
 
 
-def test_whitened_residual_trains_and_scores_and_its_statistics_travel_in_the_state_dict():
-    model, _, _ = _whitened_model()
+@pytest.mark.parametrize("residual", ["whitened", "center_and_whitened"])
+def test_whitened_residual_trains_and_scores_and_its_statistics_travel_in_the_state_dict(residual):
+    model, _, _ = _whitened_model(residual=residual)
     model.train()
     loss = model.training_loss(torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]), ["a", "b", "c", "d"])
     loss.backward()
@@ -418,12 +421,29 @@ def test_whitened_residual_trains_and_scores_and_its_statistics_travel_in_the_st
     with torch.no_grad():
         out = model(images)
     assert out.anomaly_map.shape == (2, 1, 64, 64) and torch.isfinite(out.pred_score).all()
-    fresh = CrasModel(**LITE, pre_trained=False, embed_dim=16, residual="whitened")
+    fresh = CrasModel(**LITE, pre_trained=False, embed_dim=16, residual=residual)
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(images).pred_score, out.pred_score)
     # the paper's residual keeps its state-dict keys (old checkpoints load)
     assert not any("position_" in key for key in CrasModel(**LITE, pre_trained=False, embed_dim=16).state_dict())
+
+
+def test_center_and_whitened_residual_scores_the_feature_beside_both_residuals():
+    model, means, _ = _whitened_model(residual="center_and_whitened")
+    assert model.discriminator[0].in_features == 3 * means.shape[2]
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        features, _ = model.embed(images)
+        adapted = model.adaptor(features)
+        classes = model.infer_classes(adapted)
+        parts = [adapted, adapted - model.match_centers(adapted, classes), model.whitened_residuals(features, classes)]
+        expected = model.discriminator(torch.cat(parts, dim=2).flatten(0, 1)).view(3, -1).amax(dim=1)
+        torch.testing.assert_close(model(images).pred_score, expected)
+    model.train()
+    loss = model.training_loss(images, classes, ["a", "b", "c"])
+    loss.backward()
+    assert torch.isfinite(loss) and model.discriminator[0].weight.grad is not None
 
 
 def test_whitened_residual_without_statistics_or_at_another_size_is_one_clear_error():

@@ -26,7 +26,7 @@ from anomalib_repair.components.feature_cache import CACHE_DTYPES, MemoisedEmbed
 from anomalib_repair.data.category import CategoryIndex, batch_category_indices
 from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.base import RESIZE_MODES, RepairModuleMixin, batch_inputs, build_pre_processor
-from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, RESIDUALS, SCORE_MODES, CrasModel
+from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, RESIDUALS, SCORE_MODES, WHITENED_RESIDUALS, CrasModel
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         residual: ``"center"`` (paper; default): the discriminator scores ``[f, f − c]``; ``"whitened"``: it scores
             ``[f, L⁻¹(x − μ)]``, the frozen feature's residual to its category's mean at the same position whitened
             by that position's covariance (computed before training, beside the centers), with the noise added to
-            the frozen feature before the adaptor. Costs ``K × P × D × D`` stored values.
+            the frozen feature before the adaptor. Costs ``K × P × D × D`` stored values. ``"center_and_whitened"``:
+            both residuals, ``[f, f − c, L⁻¹(x − μ)]``, with the noise as for ``"whitened"``.
         whiten_eps: Added to each covariance's diagonal before whitening (``residual="whitened"``; 0.01).
         whiten_shrinkage: Shrinks each covariance toward ``(tr Σ / D) I`` by this share before whitening
             (``residual="whitened"``; 0 keeps ``Σ``: for categories with fewer good images than feature dimensions).
@@ -215,7 +216,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         self.category_names = list(self._category_index.names)
         self.model.set_centers(self._compute_centers(len(self.category_names)))
         logger.info("CRAS centers: %s for categories %s.", tuple(self.model.centers.shape), self.category_names)
-        if self.model.residual == "whitened":
+        if self.model.residual in WHITENED_RESIDUALS:
             self._compute_position_statistics(len(self.category_names))
 
     def _compute_position_statistics(self, num_classes: int) -> None:

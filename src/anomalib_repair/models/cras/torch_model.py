@@ -28,11 +28,12 @@ def _xavier_linear(layer: nn.Module) -> None:
 
 SCORE_MODES = ("logit", "probability")
 IMAGE_SCORES = ("patch_max", "map_max", "map_top_mean")
-RESIDUALS = ("center", "whitened")
+RESIDUALS = ("center", "whitened", "center_and_whitened")
+WHITENED_RESIDUALS = ("whitened", "center_and_whitened")  # the residuals that need per-position statistics
 
 
 class ResidualDiscriminator(nn.Sequential):
-    """MLP that scores ``[f, f - c]`` with one anomaly logit.
+    """MLP that scores ``[f, f - c]`` (or more residuals beside ``f``) with one anomaly logit.
 
     Two Linear, BatchNorm, LeakyReLU(0.2) blocks halve the width, then a bias-free Linear gives one logit. The
     paper's sigmoid is not a layer here: the loss takes the logit (binary cross-entropy with logits, the same
@@ -41,13 +42,14 @@ class ResidualDiscriminator(nn.Sequential):
     with a ``Sigmoid`` (it has no parameters).
 
     Args:
-        embed_dim: Width ``D`` of a feature; the input is ``2·D``.
+        embed_dim: Width ``D`` of a feature; the input is ``num_inputs·D``.
         num_blocks: Number of halving blocks (2 in the paper).
+        num_inputs: Number of ``D``-wide parts of the input (2 in the paper: the feature and its residual).
     """
 
-    def __init__(self, embed_dim: int, num_blocks: int = 2) -> None:
+    def __init__(self, embed_dim: int, num_blocks: int = 2, num_inputs: int = 2) -> None:
         layers: list[nn.Module] = []
-        width = 2 * embed_dim
+        width = num_inputs * embed_dim
         for _ in range(num_blocks):
             layers += [nn.Linear(width, width // 2), nn.BatchNorm1d(width // 2), nn.LeakyReLU(0.2)]
             width //= 2
@@ -85,6 +87,8 @@ class CrasModel(nn.Module):
             ``Σ + εI = L Lᵀ``, so its squared norm is the Mahalanobis distance). With ``"whitened"`` the noise is
             added to the frozen feature before the adaptor, so a synthetic patch has both parts. Statistics:
             ``K × P × D × D`` values (about 151 MB per category for 256 patches of 384-d).
+            ``"center_and_whitened"`` gives the discriminator both residuals, ``[f, f − c, L⁻¹(x − μ)]`` (``3·D``
+            wide), with the noise on the frozen feature as for ``"whitened"``.
         whiten_eps: ``ε`` added to each covariance's diagonal before it is factorised (``"whitened"`` only).
         whiten_shrinkage: ``α`` in ``[0, 1)``: each covariance is first shrunk toward the scaled identity of its
             own average variance, ``(1 − α) Σ + α (tr Σ / D) I`` (``"whitened"`` only; 0 keeps ``Σ``). With fewer
@@ -137,7 +141,7 @@ class CrasModel(nn.Module):
         )
         self.adaptor = nn.Linear(embed_dim, embed_dim)
         _xavier_linear(self.adaptor)
-        self.discriminator = ResidualDiscriminator(embed_dim)
+        self.discriminator = ResidualDiscriminator(embed_dim, num_inputs=3 if residual == "center_and_whitened" else 2)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
         self.center_dtype = getattr(torch, center_dtype)
         self.match_chunk = match_chunk
@@ -147,7 +151,7 @@ class CrasModel(nn.Module):
         self.whiten_shrinkage = whiten_shrinkage
         self.position_means: torch.Tensor
         self.position_whiteners: torch.Tensor
-        if residual == "whitened":  # only then: checkpoints of the paper's residual keep their keys
+        if residual in WHITENED_RESIDUALS:  # only then: checkpoints of the paper's residual keep their keys
             self.register_buffer("position_means", torch.zeros(0, 0, embed_dim))
             self.register_buffer("position_whiteners", torch.zeros(0, 0, embed_dim, embed_dim))
         self.centers: torch.Tensor
@@ -266,7 +270,7 @@ class CrasModel(nn.Module):
         Adapt the frozen features, match every patch to its class centers, synthesise an anomalous twin of each
         patch with distance-guided noise, and score both: BCE pushes real patches to 0 and synthetic ones to 1.
         """
-        if self.residual == "whitened":
+        if self.residual in WHITENED_RESIDUALS:
             scores = self._whitened_training_logits(self.training_features(images, keys), classes)
         else:
             adapted = self.adaptor(self.training_features(images, keys))
@@ -293,8 +297,13 @@ class CrasModel(nn.Module):
         ).view_as(features)
         both = torch.cat([features, fake])
         both_classes = torch.cat([classes, classes])
-        inputs = torch.cat([self.adaptor(both), self.whitened_residuals(both, both_classes)], dim=2)
-        return self.discriminator(inputs.flatten(0, 1)).squeeze(1)
+        adapted = self.adaptor(both)
+        parts = [adapted]
+        if self.residual == "center_and_whitened":  # a twin keeps its real patch's center, as in the paper
+            centers = self.match_centers(adapted[: len(features)], classes)
+            parts.append(adapted - torch.cat([centers, centers]))
+        parts.append(self.whitened_residuals(both, both_classes))
+        return self.discriminator(torch.cat(parts, dim=2).flatten(0, 1)).squeeze(1)
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
@@ -306,8 +315,12 @@ class CrasModel(nn.Module):
         features, (height, width) = self.embed(images)
         adapted = self.adaptor(features)
         classes = self.infer_classes(adapted)
-        if self.residual == "whitened":
-            inputs = torch.cat([adapted, self.whitened_residuals(features, classes)], dim=2).flatten(0, 1)
+        if self.residual in WHITENED_RESIDUALS:
+            parts = [adapted]
+            if self.residual == "center_and_whitened":
+                parts.append(adapted - self.match_centers(adapted, classes))
+            parts.append(self.whitened_residuals(features, classes))
+            inputs = torch.cat(parts, dim=2).flatten(0, 1)
             logits = self.discriminator(inputs).squeeze(1)
             patch_scores = torch.sigmoid(logits) if self.score_mode == "probability" else logits
         else:
@@ -326,7 +339,7 @@ class CrasModel(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         whiteners = state_dict.get(prefix + "position_whiteners")
-        if self.residual == "whitened" and whiteners is not None and not _lower_triangular(whiteners):
+        if self.residual in WHITENED_RESIDUALS and whiteners is not None and not _lower_triangular(whiteners):
             # checked before any buffer is replaced: a refused load leaves the model as it was
             msg = "CRAS's position_whiteners in the state dict are not (K, P, D, D) lower-triangular: re-fit the model."
             raise BadInputError(msg)
