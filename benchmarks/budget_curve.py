@@ -159,6 +159,8 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "gaussian_noise_std=1.0", "svd=1", "--output", f"{RESULTS}/glass_128_tuning.csv"),
     ("--method", "glass", "--budgets", "1", "3", "--seeds", "0", "--set", "gaussian_noise_std=1.0",
      "--output", f"{RESULTS}/glass_128.csv"),
+    ("--method", "glass", "--budgets", "1", "3", "--seeds", "1", "2", "--set", "gaussian_noise_std=1.0",
+     "--output", f"{RESULTS}/glass_128.csv"),
     # PatchCore at 256 px: 1 % coreset, one seed (anomalib's greedy coreset over 4x the patches of 128 px; 10 % would
     # take hours on 2 cores)
     ("--method", "patchcore", "--seeds", "0", "--image-size", "256", "--set", "coreset_sampling_ratio=0.01",
