@@ -109,9 +109,10 @@ PLAN: tuple[tuple[str, ...], ...] = (
         for eps in ("0.1", "1.0")
     ),
     ("--method", "cras", "--budgets", "1", "3", "10", "30", "--seeds", "0", "1", "2", "--set", "residual=whitened",
-     "noise_std=0.3", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_128_whitened.csv"),
+     "noise_std=0.3", "--variant", "cpu_whitened embed_dim=384", "--output", f"{RESULTS}/cras_128_whitened.csv"),
     ("--method", "cras", "--budgets", "1", "3", "10", "--seeds", "0", "1", "2", "--image-size", "256", "--set",
-     "residual=whitened", "noise_std=0.3", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_256_whitened.csv"),
+     "residual=whitened", "noise_std=0.3", "--variant", "cpu_whitened embed_dim=384",
+     "--output", f"{RESULTS}/cras_256_whitened.csv"),
     # MFRNet at 256 px (one seed; its minutes are inflated: other jobs shared the cores)
     ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--image-size", "256",
      "--output", f"{RESULTS}/mfrnet_256.csv"),
@@ -129,9 +130,35 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ),
     ("--method", "cras", "--budgets", "3", "10", "--seeds", "1", "2", "--set", "residual=center_and_whitened",
      "noise_std=0.3", "--output", f"{RESULTS}/cras_128_combined.csv"),
+    # The whitened recipe's feature width on the tune half (seed 0; 384 was cpu_reduced.yaml's): 96, 128, 192, 256 on
+    # the full training sets and 128, 192 under the 200-image cap; 192 with noise_std 0.1 and 1.0; 192 with seeds 1, 2
+    *(
+        ("--method", "cras", "--budgets", "3", "10", "--seeds", "0", *cap, "--set", "residual=whitened",
+         "noise_std=0.3", f"embed_dim={dim}", "--output", f"{RESULTS}/cras_128_embed_dim.csv")
+        for cap, dim in ((("--max-train", "200"), 128), (("--max-train", "200"), 192), ((), 128), ((), 192), ((), 256),
+                         ((), 96))
+    ),
+    ("--method", "cras", "--budgets", "3", "10", "--seeds", "1", "2", "--set", "residual=whitened", "noise_std=0.3",
+     "embed_dim=192", "--output", f"{RESULTS}/cras_128_embed_dim.csv"),
+    *(
+        ("--method", "cras", "--budgets", "3", "10", "--seeds", "0", "--set", "residual=whitened", f"noise_std={sigma}",
+         "embed_dim=192", "--output", f"{RESULTS}/cras_128_embed_dim.csv")
+        for sigma in ("0.1", "1.0")
+    ),
+    # ... and the recipe with 192-d (configs/cras/cpu_whitened.yaml since then): its curves at 128 and 256 px, three
+    # seeds, and its map sigma read four ways
+    ("--method", "cras", "--budgets", "1", "3", "10", "30", "--seeds", "0", "1", "2", "--set", "residual=whitened",
+     "noise_std=0.3", "embed_dim=192", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_128_whitened.csv"),
+    ("--method", "cras", "--budgets", "1", "3", "10", "--seeds", "0", "1", "2", "--image-size", "256", "--set",
+     "residual=whitened", "noise_std=0.3", "embed_dim=192", "--variant", "cpu_whitened",
+     "--output", f"{RESULTS}/cras_256_whitened.csv"),
+    ("--method", "cras", "--budgets", "10", "--seeds", "0", "1", "2", "--set", "residual=whitened", "noise_std=0.3",
+     "embed_dim=192", "--variant", "cpu_whitened", "--map-sigmas", "1", "2", "4", "8",
+     "--output", f"{RESULTS}/cras_128_map_sigma.csv"),
     # The anomaly map's Gaussian sigma read four ways from the same trainings, for CRAS's winning recipe and PaDiM
     ("--method", "cras", "--budgets", "10", "--seeds", "0", "1", "2", "--set", "residual=whitened", "noise_std=0.3",
-     "--variant", "cpu_whitened", "--map-sigmas", "1", "2", "4", "8", "--output", f"{RESULTS}/cras_128_map_sigma.csv"),
+     "--variant", "cpu_whitened embed_dim=384", "--map-sigmas", "1", "2", "4", "8",
+     "--output", f"{RESULTS}/cras_128_map_sigma.csv"),
     ("--method", "padim", "--seeds", "0", "1", "2", "--set", "n_features=100", "--map-sigmas", "1", "2", "4", "8",
      "--output", f"{RESULTS}/padim_128.csv"),
     # CRAS cpu_whitened with 200 training images per category (compare --quick's cap), whiten_shrinkage 0-0.6, and
@@ -143,6 +170,13 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ),
     ("--method", "padim", "--seeds", "0", "--max-train", "200", "--set", "n_features=100",
      "--output", f"{RESULTS}/cras_128_shrinkage.csv"),
+    # ... then whiten_shrinkage with noise_std together (3 and 10 epochs): 0.1-0.3 with noise_std 1.0 recovers the
+    # model but stays below PaDiM under the cap on the tune half
+    *(
+        ("--method", "cras", "--budgets", "3", "10", "--seeds", "0", "--max-train", "200", "--set", "residual=whitened",
+         f"whiten_shrinkage={alpha}", f"noise_std={sigma}", "--output", f"{RESULTS}/cras_128_shrinkage.csv")
+        for alpha, sigma in (("0.0", "0.3"), ("0.1", "1.0"), ("0.1", "3.0"), ("0.3", "1.0"), ("0.3", "3.0"))
+    ),
     # CRAS image score read three ways from the same trainings (the paper's patch maximum, the map's maximum, the
     # mean of its top 1 %): within the seed spread on the tune half, so the paper's stays
     ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "1", "2", "--image-scores", "patch_max", "map_max",

@@ -3,8 +3,9 @@
 With ``residual="whitened"`` (``configs/cras/cpu_whitened.yaml``) the discriminator scores each patch's adapted
 feature beside ``L⁻¹(x − μ)``, the frozen feature's whitened residual to its category's same-position mean. The
 squared norm of that residual is the Mahalanobis distance of a Gaussian per position: a training-free detector
-(PaDiM's statistic on CRAS's full 384-d aggregated features). This script trains the recipe (budget_curve.py's
-training and test halves, one run per seed) and reads the same fitted network two ways, on both halves:
+(PaDiM's statistic on all dimensions of CRAS's aggregated features). This script trains the recipe
+(budget_curve.py's training and test halves, one run per seed) and reads the same fitted network two ways, on both
+halves:
 
 - ``discriminator``: the model as it ships (the discriminator's logit per patch);
 - ``mahalanobis``: ``‖L⁻¹(x − μ)‖`` per patch from the same network's statistics (no learned weight involved).
@@ -13,7 +14,7 @@ Both go through the model's own anomaly-map generator (Gaussian sigma 4, upsampl
 patch score). The ``mahalanobis`` rows do not depend on the seed (frozen features, statistics of the full training
 set): their s.d. is 0.
 
-    PYTHONPATH=src python benchmarks/cras_discriminator_gain.py               # seeds 0 1 2, 10 epochs, 128 px
+    PYTHONPATH=src python benchmarks/cras_discriminator_gain.py               # seeds 0 1 2, 30 epochs, 128 px
 
 Writes ``benchmarks/results/cras_discriminator_gain/results.csv`` and ``results.json`` (the command).
 """
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30, help="the recipe's (configs/cras/cpu_whitened.yaml)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--max-train", type=int, default=None, help="good training images per category (a cap)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
