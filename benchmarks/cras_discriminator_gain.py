@@ -15,6 +15,8 @@ patch score). The ``mahalanobis`` rows do not depend on the seed (frozen feature
 set): their s.d. is 0.
 
     PYTHONPATH=src python benchmarks/cras_discriminator_gain.py               # seeds 0 1 2, 30 epochs, 128 px
+    PYTHONPATH=src python benchmarks/cras_discriminator_gain.py --epochs 10 --set embed_dim=384 \
+        --output benchmarks/results/cras_discriminator_gain/embed_dim_384     # the recipe before 2026-12-06 evening
 
 Writes ``benchmarks/results/cras_discriminator_gain/results.csv`` and ``results.json`` (the command).
 """
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=30, help="the recipe's (configs/cras/cpu_whitened.yaml)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--max-train", type=int, default=None, help="good training images per category (a cap)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (budget_curve.py)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     return parser.parse_args(argv)
 
@@ -81,6 +84,8 @@ def train(args: argparse.Namespace, seed: int, test_set: Any) -> tuple[Any, Any,
             "--image-size", str(args.image_size), "--output", str(args.output / "unused.csv")]  # fmt: skip
     if args.max_train is not None:
         argv += ["--max-train", str(args.max_train)]
+    if args.set:
+        argv += ["--set", *args.set]
     curve_args = budget_curve.parse_args(argv)
     seed_everything(seed, workers=True)
     settings = budget_curve.settings_for(curve_args, seed)
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "recipe": "configs/cras/cpu_whitened.yaml",
         "epochs": args.epochs,
+        "overrides": args.set,
         "image_size": args.image_size,
     }
     (args.output / "results.json").write_text(json.dumps({"meta": meta}, indent=1) + "\n")
