@@ -121,6 +121,8 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "--output", f"{RESULTS}/crr_256.csv"),
     ("--method", "crr", "--budgets", "140", "--seeds", "1", "2", "--image-size", "256",
      "--output", f"{RESULTS}/crr_256.csv"),
+    ("--method", "crr", "--budgets", "500", "--seeds", "1", "--image-size", "256",
+     "--output", f"{RESULTS}/crr_256.csv"),
     # Both residuals at once (residual=center_and_whitened): noise_std on the tune half (seed 0), then seeds 1 and 2 at
     # 0.3; within the seed spread of cpu_whitened on the tune half, so no recipe uses it (CRAS README)
     *(
