@@ -24,7 +24,6 @@ Writes ``benchmarks/results/cras_discriminator_gain/results.csv`` and ``results.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -39,6 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import budget_curve
+from inference_profile import write_csv
 
 OUTPUT = Path("benchmarks/results/cras_discriminator_gain")
 READINGS = ("discriminator", "mahalanobis")
@@ -114,14 +114,6 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{key}_sd"] = round(statistics.stdev(values), 4) if len(values) > 1 else ""
         table.append(entry)
     return table
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows to ``path`` (columns of the first row)."""
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ from suite.methods import reduced_recipe, with_textures
 from suite.settings import LAYERS, OURS, PADIM_N_FEATURES, REPO_ROOT
 from suite.timing import ms_per_image
 
+from anomalib_repair.models.cras.torch_model import WHITENED_RESIDUALS
+
 OUTPUT = REPO_ROOT / "benchmarks" / "results" / "inference_profile"
 TARGET = 1.5  # issue 19: each model's forward at most 1.5x its backbone alone
 NUM_CATEGORIES = 2  # ../shared/data/real holds two categories
@@ -137,7 +139,7 @@ def fit_categories(method: str, network: nn.Module, size: int, num_categories: i
         if family(method) == "cras":
             frozen = network.patch_features(images)  # (K, P, D): one image's patches per class
             network.set_centers(network.adaptor(frozen))
-            if network.residual != "center":  # per-position means and (identity) covariances of the fitted shapes
+            if network.residual in WHITENED_RESIDUALS:  # per-position means, identity covariances of the fitted shapes
                 eye = torch.eye(frozen.shape[-1])
                 network.set_position_statistics(frozen, eye.expand(*frozen.shape[:2], -1, -1).clone())
         else:
