@@ -102,6 +102,7 @@ def inference(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/cras_whitening_speed.py", external=True, env=env)
     session.run(PYTHON, "benchmarks/aggregator_speed.py", external=True, env=env)
     session.run(PYTHON, "benchmarks/export_latency.py", "--sizes", "128", "256", external=True, env=env)
+    session.run(PYTHON, "benchmarks/export_profile.py", external=True, env=env)  # OpenVINO's counters, by node type
     session.run(PYTHON, "benchmarks/flop_ratio.py", external=True, env=env)  # the papers' settings, FLOPs only
 
 

@@ -319,6 +319,28 @@ def test_flop_ratio_smoke_counts_each_forward_against_its_own_backbone(tmp_path:
     assert "flop_ratio.py --smoke" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
 
 
+def test_export_profile_splits_the_exported_model_by_node_type_against_its_backbone(tmp_path: Path) -> None:
+    """``export_profile.py``: OpenVINO's counters for the whitened CRAS export and its backbone, at 64 px."""
+    pytest.importorskip("openvino")
+    profile = _load("export_profile")
+    argv = ["--methods", "cras_whitened", "--sizes", "64", "--batches", "1", "2", "--runs", "2", "--top", "5",
+            "--output", str(tmp_path)]  # fmt: skip
+    assert profile.main(argv) == 0
+    types = list(csv.DictReader((tmp_path / "by_type.csv").open()))
+    for batch in ("1", "2"):
+        rows = {row["node_type"]: row for row in types if row["batch"] == batch}
+        total = rows.pop("total")
+        assert 0 < float(total["backbone_ms"]) < float(total["model_ms"])  # the model runs its backbone and more
+        assert sum(float(row["model_ms"]) for row in rows.values()) == pytest.approx(float(total["model_ms"]), 1e-3)
+        assert float(rows["Convolution"]["backbone_ms"]) > 0  # the backbone's own work is counted on its side
+        assert float(rows["FullyConnected"]["backbone_ms"]) == 0 < float(rows["FullyConnected"]["head_ms"])
+    nodes = list(csv.DictReader((tmp_path / "top_nodes.csv").open()))
+    assert len(nodes) == 10 and all(row["input_shapes"] for row in nodes)
+    times = [float(row["ms"]) for row in nodes if row["batch"] == "1"]
+    assert times == sorted(times, reverse=True)
+    assert "export_profile.py" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
+
+
 def test_cras_discriminator_gain_reads_the_whitened_residual_norm_and_summarises_seeds() -> None:
     """The ``mahalanobis`` reading is the norm of the fitted network's own whitened residual, through its own map."""
     gain = _load("cras_discriminator_gain")

@@ -260,8 +260,21 @@ class CrasModel(nn.Module):
 
     def score(self, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """Patch anomaly scores for ``(N, D)`` features: logits, or probabilities with ``score_mode="probability"``."""
-        logits = self.logits(features, centers)
+        return self.scores_from_logits(self.logits(features, centers))
+
+    def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Patch scores from discriminator logits: the logits, or their sigmoid with ``score_mode="probability"``."""
         return torch.sigmoid(logits) if self.score_mode == "probability" else logits
+
+    def whitened_logits(
+        self, adapted: torch.Tensor, center_offsets: torch.Tensor | None, whitened: torch.Tensor
+    ) -> torch.Tensor:
+        """Discriminator logits of ``(B, P, ·)`` patches fed ``[f, (f − c), L⁻¹(x − μ)]``, flattened to ``(B·P,)``.
+
+        ``center_offsets`` (``f − c``) is given with ``residual="center_and_whitened"`` and ``None`` otherwise.
+        """
+        parts = [adapted, whitened] if center_offsets is None else [adapted, center_offsets, whitened]
+        return self.discriminator(torch.cat(parts, dim=2).flatten(0, 1)).squeeze(1)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, images: torch.Tensor, classes: torch.Tensor, keys: list[str]) -> torch.Tensor:
@@ -298,12 +311,11 @@ class CrasModel(nn.Module):
         both = torch.cat([features, fake])
         both_classes = torch.cat([classes, classes])
         adapted = self.adaptor(both)
-        parts = [adapted]
+        center_offsets = None
         if self.residual == "center_and_whitened":  # a twin keeps its real patch's center, as in the paper
             centers = self.match_centers(adapted[: len(features)], classes)
-            parts.append(adapted - torch.cat([centers, centers]))
-        parts.append(self.whitened_residuals(both, both_classes))
-        return self.discriminator(torch.cat(parts, dim=2).flatten(0, 1)).squeeze(1)
+            center_offsets = adapted - torch.cat([centers, centers])
+        return self.whitened_logits(adapted, center_offsets, self.whitened_residuals(both, both_classes))
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
@@ -316,13 +328,11 @@ class CrasModel(nn.Module):
         adapted = self.adaptor(features)
         classes = self.infer_classes(adapted)
         if self.residual in WHITENED_RESIDUALS:
-            parts = [adapted]
+            center_offsets = None
             if self.residual == "center_and_whitened":
-                parts.append(adapted - self.match_centers(adapted, classes))
-            parts.append(self.whitened_residuals(features, classes))
-            inputs = torch.cat(parts, dim=2).flatten(0, 1)
-            logits = self.discriminator(inputs).squeeze(1)
-            patch_scores = torch.sigmoid(logits) if self.score_mode == "probability" else logits
+                center_offsets = adapted - self.match_centers(adapted, classes)
+            logits = self.whitened_logits(adapted, center_offsets, self.whitened_residuals(features, classes))
+            patch_scores = self.scores_from_logits(logits)
         else:
             centers = self.match_centers(adapted, classes)
             patch_scores = self.score(adapted.flatten(0, 1), centers.flatten(0, 1))
