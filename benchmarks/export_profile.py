@@ -53,11 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def node_times(path: Path, images: np.ndarray, runs: int) -> tuple[dict[tuple[str, str], float], Any]:
-    """Milliseconds per image of every executed node of the graph at ``path`` (by type and name), and the model."""
+def compile_profiled(path: Path) -> Any:
+    """The graph at ``path`` compiled for OpenVINO's CPU plugin in f32, with per-node counters on."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+    return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+
+
+def node_times(compiled: Any, images: np.ndarray, runs: int) -> dict[tuple[str, str], float]:
+    """Milliseconds per image of every executed node of a compiled graph (by type and name)."""
     request = compiled.create_infer_request()
     for _ in range(3):
         request.infer({0: images})
@@ -67,7 +71,7 @@ def node_times(path: Path, images: np.ndarray, runs: int) -> tuple[dict[tuple[st
         for node in request.profiling_info:
             totals[(node.node_type, node.node_name)] += node.real_time.total_seconds() * 1000
     per_image = runs * images.shape[0]
-    return {key: value / per_image for key, value in totals.items()}, compiled.get_runtime_model()
+    return {key: value / per_image for key, value in totals.items()}
 
 
 def input_shapes(runtime_model: Any) -> dict[str, str]:
@@ -88,11 +92,13 @@ def by_type(model: dict[tuple[str, str], float], backbone: dict[tuple[str, str],
     return table
 
 
-def profile(method: str, size: int, batch: int, files: dict[str, Path], args: argparse.Namespace) -> tuple[list, list]:
-    """The by-type and top-node rows of one configuration."""
+def profile(
+    method: str, size: int, batch: int, compiled: dict[str, Any], args: argparse.Namespace
+) -> tuple[list, list]:
+    """The by-type and top-node rows of one configuration (``compiled``: the model and backbone graphs)."""
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    model, runtime_model = node_times(files["model_openvino"], images, args.runs)
-    backbone, _ = node_times(files["backbone_onnx"], images, args.runs)
+    model = node_times(compiled["model"], images, args.runs)
+    backbone = node_times(compiled["backbone"], images, args.runs)
     key = {"method": method, "image_size": size, "batch": batch}
     model_total, backbone_total = sum(model.values()), sum(backbone.values())
     type_rows = [
@@ -103,7 +109,7 @@ def profile(method: str, size: int, batch: int, files: dict[str, Path], args: ar
     type_rows.append({**key, "node_type": "total", "model_ms": round(model_total, 4),
                       "backbone_ms": round(backbone_total, 4), "head_ms": round(model_total - backbone_total, 4),
                       "model_share": 1.0})  # fmt: skip
-    shapes = input_shapes(runtime_model)
+    shapes = input_shapes(compiled["model"].get_runtime_model())
     slowest = sorted(model.items(), key=lambda item: -item[1])[: args.top]
     node_rows = [
         {**key, "node_type": node_type, "node": name, "ms": round(value, 4),
@@ -132,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             for size in args.sizes:
                 _, files = export_pair(method, size, Path(folder) / f"{method}_{size}", per_category=2)
-                for batch in args.batches:
-                    types, nodes = profile(method, size, batch, files, args)
+                compiled = {"model": compile_profiled(files["model_openvino"]),
+                            "backbone": compile_profiled(files["backbone_onnx"])}  # fmt: skip
+                for batch in args.batches:  # one compilation each (dynamic batch), profiled at every batch size
+                    types, nodes = profile(method, size, batch, compiled, args)
                     type_rows += types
                     node_rows += nodes
                     total = types[-1]
