@@ -204,10 +204,21 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "--output", f"{RESULTS}/glass_128.csv"),
     ("--method", "glass", "--budgets", "1", "3", "--seeds", "1", "2", "--set", "gaussian_noise_std=1.0",
      "--output", f"{RESULTS}/glass_128.csv"),
-    # PatchCore at 256 px: 1 % coreset, one seed (anomalib's greedy coreset over 4x the patches of 128 px; 10 % would
-    # take hours on 2 cores)
+    # PatchCore at 256 px: 1 % coreset, three seeds, each its own run of about 65 minutes (anomalib's greedy coreset
+    # over 4x the patches of 128 px; 10 % would take hours on 2 cores)
     ("--method", "patchcore", "--seeds", "0", "--image-size", "256", "--set", "coreset_sampling_ratio=0.01",
      "--output", f"{RESULTS}/patchcore_256.csv"),
+    *(
+        ("--method", "patchcore", "--seeds", seed, "--image-size", "256", "--set", "coreset_sampling_ratio=0.01",
+         "--output", f"{RESULTS}/patchcore_256.csv")
+        for seed in ("1", "2")
+    ),
+    # CRAS's whitened recipe (192-d) at 256 px trained to 30 epochs, one run per seed
+    *(
+        ("--method", "cras", "--budgets", "30", "--seeds", seed, "--image-size", "256", "--set", "residual=whitened",
+         "noise_std=0.3", "embed_dim=192", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_256_whitened.csv")
+        for seed in ("0", "1", "2")
+    ),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
