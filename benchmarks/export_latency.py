@@ -88,15 +88,25 @@ def give_thresholds(model: Any, size: int, per_category: int) -> None:
             getattr(processor, f"{kind}_max").fill_(high)
 
 
-def export_pair(method: str, size: int, work: Path, per_category: int = 16) -> tuple[Any, dict[str, Path]]:
-    """The Lightning model and the files: its OpenVINO IR and ONNX file, its backbone's ONNX file."""
+def export_pair(
+    method: str, size: int, work: Path, per_category: int = 16, *, model_onnx: bool = True
+) -> tuple[Any, dict[str, Path]]:
+    """The Lightning model and the files: its OpenVINO IR and ONNX file, its backbone's ONNX file.
+
+    Args:
+        method: The method's name in ``build_lightning``.
+        size: The square input size.
+        work: The folder the files go to.
+        per_category: Synthetic images per category for the thresholds.
+        model_onnx: Also export the model to ONNX (``files["model_onnx"]``); a caller that opens only the OpenVINO IR
+            skips one dynamo export.
+    """
     model = build_lightning(method, size)
     give_thresholds(model, size, per_category)
-    files = {
-        "model_onnx": Path(model.to_onnx(work / "onnx", input_size=(size, size))),
-        "model_openvino": Path(model.to_openvino(work / "openvino", input_size=(size, size))),
-        "backbone_onnx": work / "backbone.onnx",
-    }
+    files = {"model_openvino": Path(model.to_openvino(work / "openvino", input_size=(size, size)))}
+    if model_onnx:
+        files["model_onnx"] = Path(model.to_onnx(work / "onnx", input_size=(size, size)))
+    files["backbone_onnx"] = work / "backbone.onnx"
     backbone = own_backbone(method, model.model).eval()
     torch.onnx.export(
         backbone,

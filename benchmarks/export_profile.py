@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     with quiet(), tempfile.TemporaryDirectory(prefix="export_profile_") as folder:
         for method in args.methods:
             for size in args.sizes:
-                _, files = export_pair(method, size, Path(folder) / f"{method}_{size}", per_category=2)
+                _, files = export_pair(
+                    method, size, Path(folder) / f"{method}_{size}", per_category=2, model_onnx=False
+                )
                 compiled = {"model": compile_profiled(files["model_openvino"]),
                             "backbone": compile_profiled(files["backbone_onnx"])}  # fmt: skip
                 for batch in args.batches:  # one compilation each (dynamic batch), profiled at every batch size
