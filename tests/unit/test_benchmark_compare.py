@@ -319,7 +319,7 @@ def test_flop_ratio_smoke_counts_each_forward_against_its_own_backbone(tmp_path:
     assert "flop_ratio.py --smoke" in json.loads((tmp_path / "results.json").read_text())["meta"]["command"]
 
 
-@pytest.mark.slow  # three exports (dynamo ONNX, OpenVINO IR, backbone ONNX): over a minute on 2 cores
+@pytest.mark.slow  # two exports (OpenVINO IR, backbone ONNX): about 45 s on 2 cores
 def test_export_profile_splits_the_exported_model_by_node_type_against_its_backbone(tmp_path: Path) -> None:
     """``export_profile.py``: OpenVINO's counters for the whitened CRAS export and its backbone, at 64 px."""
     pytest.importorskip("openvino")
