@@ -570,3 +570,83 @@ def test_lower_triangular_product_takes_vectors_with_a_strided_last_dimension():
     assert strided.stride(-1) != 1
     dense = torch.einsum("pde,bpe->bpd", matrices, strided)
     torch.testing.assert_close(lower_triangular_product(matrices, strided), dense)
+
+
+def _fit_whitened(demo_root, work, folds: int, callbacks: list | None = None) -> CRAS:
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from anomalib_repair import MVTecFolder
+
+    seed_everything(0)
+    model = CRAS(
+        **LITE, pre_trained=False, embed_dim=16, image_size=64, crop_size=64, residual="whitened",
+        whiten_folds=folds, visualizer=False,
+    )  # fmt: skip
+    datamodule = MVTecFolder(root=demo_root, categories=["disc", "weave"], num_workers=0, train_batch_size=4)
+    engine = Engine(
+        max_epochs=1, default_root_dir=work, accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, callbacks=callbacks or [],
+    )  # fmt: skip
+    engine.fit(model=model, datamodule=datamodule)
+    return model
+
+
+def test_whiten_folds_trains_on_out_of_fold_statistics_and_tests_on_all_of_them(demo_root, tmp_path):
+    """``whiten_folds``: while training, row ``k·F + f`` of the training statistics is category ``k``'s mean over
+    the images *outside* fold ``f``, and every training residual is whitened with its own image's row; the
+    statistics kept for testing are those of every image (the same as without folds), and the training ones are
+    freed after fit."""
+    from lightning.pytorch.callbacks import Callback
+
+    seen: dict[str, torch.Tensor] = {}
+
+    class Capture(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            network = pl_module.model
+            seen["training_means"] = network.training_means.clone()
+            features, classes, folds = [], [], []
+            for images, batch in pl_module.iterate_training_images():  # as the statistics were gathered
+                paths = [str(p) for p in batch.image_path]
+                features.append(network.patch_features(images))
+                classes += [0 if "/disc/" in p else 1 for p in paths]
+                folds.append(network.fold_of(paths))
+            seen["features"] = torch.cat(features)
+            seen["classes"] = torch.tensor(classes)
+            seen["folds"] = torch.cat(folds)
+            # what training whitens an image with: its own (category, fold) row of the out-of-fold statistics
+            recorded: list[torch.Tensor] = []
+            original = network.whitened_residuals
+
+            def spy(features, classes, statistics=None):
+                recorded.append(classes.clone())
+                return original(features, classes, statistics)
+
+            network.whitened_residuals = spy
+            images, batch = next(iter(pl_module.iterate_training_images()))
+            paths = [str(p) for p in batch.image_path]
+            network.training_loss(images, pl_module._classes(batch), paths)
+            network.whitened_residuals = original
+            expected = torch.tensor([0 if "/disc/" in p else 1 for p in paths]) * 2 + network.fold_of(paths)
+            seen["rows"] = recorded[0][: len(paths)]
+            seen["expected_rows"] = expected
+
+    folded = _fit_whitened(demo_root, tmp_path / "folds", folds=2, callbacks=[Capture()])
+    torch.testing.assert_close(seen["rows"], seen["expected_rows"])
+    features, classes, folds = seen["features"], seen["classes"], seen["folds"]
+    assert set(folds.tolist()) == {0, 1}, "the demo's 16 training images fall into both folds"
+    for category in (0, 1):
+        for fold in (0, 1):
+            outside = (classes == category) & (folds != fold)
+            if outside.sum() < 2:  # too few images outside the fold: the category's whole statistics
+                outside = classes == category
+            torch.testing.assert_close(
+                seen["training_means"][category * 2 + fold], features[outside].mean(dim=0), atol=1e-4, rtol=1e-4
+            )
+    assert folded.model.training_means is None and folded.model.training_whiteners is None
+    assert not any("training_" in key for key in folded.state_dict())
+    plain = _fit_whitened(demo_root, tmp_path / "plain", folds=0)
+    torch.testing.assert_close(folded.model.position_means, plain.model.position_means)
+    torch.testing.assert_close(folded.model.position_whiteners, plain.model.position_whiteners, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="whiten_folds"):
+        CRAS(**LITE, residual="whitened", whiten_folds=1)

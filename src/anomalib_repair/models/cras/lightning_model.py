@@ -31,6 +31,18 @@ from anomalib_repair.models.cras.torch_model import IMAGE_SCORES, RESIDUALS, SCO
 logger = logging.getLogger(__name__)
 
 
+def _mean_and_covariance(
+    sums: torch.Tensor, outer: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, P, D)`` means and ``(N, P, D, D)`` unbiased covariances from sums, outer-product sums and counts."""
+    counts = counts.view(-1, 1, 1)
+    means = sums / counts.clamp_min(1)
+    covariances = (outer - counts.unsqueeze(-1) * means.unsqueeze(-1) * means.unsqueeze(-2)) / (
+        counts.unsqueeze(-1) - 1
+    ).clamp_min(1)
+    return means, covariances
+
+
 class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
     """CRAS anomaly detection model.
 
@@ -69,6 +81,10 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         whiten_eps: Added to each covariance's diagonal before whitening (``residual="whitened"``; 0.01).
         whiten_shrinkage: Shrinks each covariance toward ``(tr Σ / D) I`` by this share before whitening
             (``residual="whitened"``; 0 keeps ``Σ``: for categories with fewer good images than feature dimensions).
+        whiten_folds: Cross-fitted whitening for training (``residual="whitened"``; 0: off): the training images
+            are dealt into this many folds, and while training each image's residual is whitened with the other
+            folds' statistics, as a test image's is whitened with statistics that never saw it. Testing is
+            unchanged. Costs this many further sets of statistics during training.
         feature_cache: ``None`` (paper: backbone every step), ``"memory"`` or ``"disk"``: compute the frozen
             backbone's patch features once and reuse them every epoch (needs un-augmented training data).
         feature_cache_dir: Folder of the disk cache (a temporary one when ``None``).
@@ -112,6 +128,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         residual: str = "center",
         whiten_eps: float = 0.01,
         whiten_shrinkage: float = 0.0,
+        whiten_folds: int = 0,
         feature_cache: str | None = None,
         feature_cache_dir: str | None = None,
         feature_cache_dtype: str = "float32",
@@ -150,6 +167,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if not 0.0 <= whiten_shrinkage < 1.0:
             msg = f"whiten_shrinkage must be in [0, 1), got {whiten_shrinkage}."
             raise BadInputError(msg)
+        if whiten_folds < 0 or whiten_folds == 1:
+            msg = f"whiten_folds must be 0 (off) or at least 2 folds, got {whiten_folds}."
+            raise BadInputError(msg)
         # AnomalibModule.__init__ saves the hyperparameters from the calling frames: call it from here, not a helper
         super().__init__(
             pre_processor=pre_processor if isinstance(pre_processor, nn.Module) else False,
@@ -177,6 +197,7 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             residual=residual,
             whiten_eps=whiten_eps,
             whiten_shrinkage=whiten_shrinkage,
+            whiten_folds=whiten_folds,
         )
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
@@ -212,6 +233,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
                     f"{self._category_index.names}: train a new model or use the same categories."
                 )
                 raise BadInputError(msg)
+            if self.model.residual in WHITENED_RESIDUALS and self.model.whiten_folds:  # not saved: rebuilt
+                self._compute_position_statistics(len(self.category_names), keep_saved=True)
             return
         self.category_names = list(self._category_index.names)
         self.model.set_centers(self._compute_centers(len(self.category_names)))
@@ -219,23 +242,37 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         if self.model.residual in WHITENED_RESIDUALS:
             self._compute_position_statistics(len(self.category_names))
 
-    def _compute_position_statistics(self, num_classes: int) -> None:
-        """Each category's mean and covariance of the frozen features at every position (``residual="whitened"``)."""
+    def _compute_position_statistics(self, num_classes: int, keep_saved: bool = False) -> None:
+        """Each category's mean and covariance of the frozen features at every position (``residual="whitened"``).
+
+        With ``whiten_folds`` F the moments are gathered per (category, fold): their sum gives the statistics kept
+        for testing, each sum less one fold the out-of-fold statistics that training whitens with.
+        ``keep_saved`` (resuming) leaves the stored statistics as they are and rebuilds only the training ones.
+        """
+        folds = max(self.model.whiten_folds, 1)
         sums, outer, counts = self.position_moments_per_category(
             lambda images, batch: self.model.training_features(images, batch_inputs(batch)[1]),
-            self._classes,
-            num_classes,
+            lambda batch: self._classes(batch) * folds + self.model.fold_of(batch_inputs(batch)[1]).to(self.device),
+            num_classes * folds,
         )
-        counts = counts.view(-1, 1, 1)
-        means = sums / counts
-        covariances = (outer - counts.unsqueeze(-1) * means.unsqueeze(-1) * means.unsqueeze(-2)) / (
-            counts.unsqueeze(-1) - 1
-        ).clamp_min(1)
-        self.model.set_position_statistics(means, covariances)
+        if folds > 1:
+            per_fold = (sums, outer, counts)
+            sums, outer, counts = (value.unflatten(0, (num_classes, folds)).sum(dim=1) for value in per_fold)
+            total = (value.repeat_interleave(folds, dim=0) for value in (sums, outer, counts))
+            out_of_fold = [whole - part for whole, part in zip(total, per_fold, strict=True)]
+            # a fold that holds (almost) all of its category's images leaves too few outside it: whole statistics
+            too_few = out_of_fold[2] < 2
+            for index, (whole, part) in enumerate(zip((sums, outer, counts), out_of_fold, strict=True)):
+                part[too_few] = whole.repeat_interleave(folds, dim=0)[too_few]
+                out_of_fold[index] = part
+            self.model.set_training_statistics(*_mean_and_covariance(*out_of_fold))
+        if not keep_saved:
+            self.model.set_position_statistics(*_mean_and_covariance(sums, outer, counts))
         logger.info(
-            "CRAS per-position whitening: %s statistics (%.0f MB).",
+            "CRAS per-position whitening: %s statistics (%.0f MB)%s.",
             tuple(self.model.position_whiteners.shape),
             self.model.position_whiteners.numel() * 4 / 2**20,
+            f", and {folds} out-of-fold sets for training" if folds > 1 else "",
         )
 
     def _compute_centers(self, num_classes: int) -> torch.Tensor:
@@ -274,8 +311,9 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
         )
 
     def on_train_end(self) -> None:
-        """Free the training-feature cache (inference embeds every image)."""
+        """Free the training-feature cache (inference embeds every image) and the out-of-fold statistics."""
         self.model.feature_memo = None
+        self.model.set_training_statistics(None, None)
         super().on_train_end()
 
     # ------------------------------------------------------------------ training

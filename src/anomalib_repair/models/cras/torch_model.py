@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,12 @@ class CrasModel(nn.Module):
             own average variance, ``(1 − α) Σ + α (tr Σ / D) I`` (``"whitened"`` only; 0 keeps ``Σ``). With fewer
             good images per category than feature dimensions, ``Σ`` is rank-deficient and ``ε`` alone decides how
             much its null directions are amplified; shrinkage scales that with each position's own variance.
+        whiten_folds: ``F``: cross-fitted whitening for training (``"whitened"`` only; 0 or 1: off, the same
+            statistics for training and testing). The training images are dealt into ``F`` folds by their path, and
+            during training each image's residual is whitened with the mean and covariance of the *other* folds of
+            its category, so the discriminator learns from residuals of images the statistics never saw, as a test
+            image's are. Testing uses every training image's statistics, as without it. Costs ``F`` further sets of
+            statistics while training (freed after it).
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class CrasModel(nn.Module):
         residual: str = "center",
         whiten_eps: float = 0.01,
         whiten_shrinkage: float = 0.0,
+        whiten_folds: int = 0,
     ) -> None:
         super().__init__()
         if residual not in RESIDUALS:
@@ -125,6 +133,9 @@ class CrasModel(nn.Module):
             raise ValueError(msg)
         if not 0.0 <= whiten_shrinkage < 1.0:
             msg = f"whiten_shrinkage must be in [0, 1), got {whiten_shrinkage}."
+            raise ValueError(msg)
+        if whiten_folds < 0:
+            msg = f"whiten_folds must be 0 (off) or a number of folds, got {whiten_folds}."
             raise ValueError(msg)
         if score_mode not in SCORE_MODES:
             msg = f"score_mode must be one of {', '.join(SCORE_MODES)}, got '{score_mode}'."
@@ -149,6 +160,10 @@ class CrasModel(nn.Module):
         self.residual = residual
         self.whiten_eps = whiten_eps
         self.whiten_shrinkage = whiten_shrinkage
+        self.whiten_folds = whiten_folds if whiten_folds > 1 else 0
+        # out-of-fold (K·F, P, D) means and whiteners for training (whiten_folds): plain attributes, never saved
+        self.training_means: torch.Tensor | None = None
+        self.training_whiteners: torch.Tensor | None = None
         self.position_means: torch.Tensor
         self.position_whiteners: torch.Tensor
         if residual in WHITENED_RESIDUALS:  # only then: checkpoints of the paper's residual keep their keys
@@ -188,40 +203,76 @@ class CrasModel(nn.Module):
 
     def set_position_statistics(self, means: torch.Tensor, covariances: torch.Tensor) -> None:
         """Store each category's ``(K, P, D)`` means and the whiteners ``L⁻¹`` of its ``(K, P, D, D)`` covariances."""
-        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
-        if self.whiten_shrinkage > 0:
-            average_variance = covariances.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None]
-            alpha = self.whiten_shrinkage
-            covariances = (1 - alpha) * covariances + alpha * average_variance * eye
-        factor = torch.linalg.cholesky(covariances + self.whiten_eps * eye)
-        # lower-triangular (exact zeros above the diagonal): whitened_residuals reads only the lower triangle
-        whiteners = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).tril()
         device = self.position_means.device
         self.position_means = means.float().to(device)
-        self.position_whiteners = whiteners.float().to(device)
+        self.position_whiteners = self._whiteners(covariances).to(device)
 
-    def whitened_residuals(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """``(B, P, D)`` residuals of frozen features to their category's same-position mean, whitened."""
-        if self.position_means.shape[0] == 0:
+    def set_training_statistics(self, means: torch.Tensor | None, covariances: torch.Tensor | None) -> None:
+        """Out-of-fold ``(K·F, P, D)`` means and ``(K·F, P, D, D)`` covariances for training, or ``None`` to free.
+
+        Row ``k·F + f`` holds category ``k`` without fold ``f`` (``whiten_folds``); they are not saved with the model.
+        """
+        if means is None or covariances is None:
+            self.training_means = self.training_whiteners = None
+            return
+        device = self.position_means.device
+        self.training_means = means.float().to(device)
+        self.training_whiteners = self._whiteners(covariances).to(device)
+
+    def _whiteners(self, covariances: torch.Tensor) -> torch.Tensor:
+        """Float32 lower-triangular ``L⁻¹`` of every ``Σ + εI = L Lᵀ`` (after shrinkage), a category at a time."""
+        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+        whiteners = torch.empty(covariances.shape, dtype=torch.float32, device=covariances.device)
+        for index, raw in enumerate(covariances):  # bounds the float64 working set
+            covariance = raw
+            if self.whiten_shrinkage > 0:
+                average_variance = raw.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None]
+                alpha = self.whiten_shrinkage
+                covariance = (1 - alpha) * raw + alpha * average_variance * eye
+            factor = torch.linalg.cholesky(covariance + self.whiten_eps * eye)
+            # lower-triangular (exact zeros above the diagonal): whitened_residuals reads only the lower triangle
+            whiteners[index] = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False).tril()
+        return whiteners
+
+    def fold_of(self, keys: Sequence[str]) -> torch.Tensor:
+        """Fold of each training image (``whiten_folds``), from its path: the same on every machine and rank."""
+        folds = max(self.whiten_folds, 1)
+        # a cryptographic hash: CRC32's low bits put every path of a numbered folder in one fold
+        digests = (hashlib.blake2b(key.encode(), digest_size=8).digest() for key in keys)
+        return torch.tensor([int.from_bytes(digest, "little") % folds for digest in digests], dtype=torch.long)
+
+    def whitened_residuals(
+        self,
+        features: torch.Tensor,
+        classes: torch.Tensor,
+        statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``(B, P, D)`` residuals of frozen features to their category's same-position mean, whitened.
+
+        ``statistics`` (``(means, whiteners)``, indexed by ``classes``) replaces the model's own: training with
+        ``whiten_folds`` passes the out-of-fold ones.
+        """
+        means, whiteners = statistics if statistics is not None else (self.position_means, self.position_whiteners)
+        if means.shape[0] == 0:
             msg = "CRAS with residual='whitened' has no per-position statistics yet: train (fit) the model first."
             raise BadInputError(msg)
-        if self.position_means.shape[1] != features.shape[1]:
+        if means.shape[1] != features.shape[1]:
             msg = (
-                f"CRAS's whitening statistics hold {self.position_means.shape[1]} positions, the image gives "
+                f"CRAS's whitening statistics hold {means.shape[1]} positions, the image gives "
                 f"{features.shape[1]}: test at the training input size."
             )
             raise BadInputError(msg)
-        offsets = features - self.position_means[classes]
+        offsets = features - means[classes]
         if is_exporting():  # every category, then each image's own: no data-dependent shapes in the graph
             residuals = torch.zeros_like(features)
-            for category in range(self.position_whiteners.shape[0]):
-                whitened = lower_triangular_product(self.position_whiteners[category], offsets)
+            for category in range(whiteners.shape[0]):
+                whitened = lower_triangular_product(whiteners[category], offsets)
                 residuals = torch.where((classes == category).view(-1, 1, 1), whitened, residuals)
             return residuals
         residuals = torch.empty_like(features)
         for category in classes.unique().tolist():
             members = (classes == category).nonzero().squeeze(1)
-            residuals[members] = lower_triangular_product(self.position_whiteners[category], offsets[members])
+            residuals[members] = lower_triangular_product(whiteners[category], offsets[members])
         return residuals
 
     # ------------------------------------------------------------------ center matching
@@ -284,7 +335,7 @@ class CrasModel(nn.Module):
         patch with distance-guided noise, and score both: BCE pushes real patches to 0 and synthetic ones to 1.
         """
         if self.residual in WHITENED_RESIDUALS:
-            scores = self._whitened_training_logits(self.training_features(images, keys), classes)
+            scores = self._whitened_training_logits(self.training_features(images, keys), classes, keys)
         else:
             adapted = self.adaptor(self.training_features(images, keys))
             centers = self.match_centers(adapted, classes)
@@ -302,20 +353,28 @@ class CrasModel(nn.Module):
             raise BadInputError(msg)
         return loss
 
-    def _whitened_training_logits(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Logits of real patches, then of their synthetic twins (noise on the frozen feature, before the adaptor)."""
-        means = self.position_means[classes]
+    def _whitened_training_logits(self, features: torch.Tensor, classes: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """Logits of real patches, then of their synthetic twins (noise on the frozen feature, before the adaptor).
+
+        With ``whiten_folds`` both are whitened with the statistics of the other folds of the image's category.
+        """
+        statistics = None
+        rows = classes  # rows of the whitening statistics; ``classes`` stays the category (centers)
+        if self.training_means is not None and self.training_whiteners is not None:
+            statistics = (self.training_means, self.training_whiteners)
+            rows = classes * self.whiten_folds + self.fold_of(keys).to(classes.device)
+        means = (self.position_means if statistics is None else statistics[0])[rows]
         fake = distance_guided_noise(
             features.flatten(0, 1), means.flatten(0, 1), sigma=self.noise_std, k=self.noise_k
         ).view_as(features)
         both = torch.cat([features, fake])
-        both_classes = torch.cat([classes, classes])
+        both_rows = torch.cat([rows, rows])
         adapted = self.adaptor(both)
         center_offsets = None
         if self.residual == "center_and_whitened":  # a twin keeps its real patch's center, as in the paper
             centers = self.match_centers(adapted[: len(features)], classes)
             center_offsets = adapted - torch.cat([centers, centers])
-        return self.whitened_logits(adapted, center_offsets, self.whitened_residuals(both, both_classes))
+        return self.whitened_logits(adapted, center_offsets, self.whitened_residuals(both, both_rows, statistics))
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor) -> InferenceBatch:
