@@ -82,6 +82,7 @@ def curves(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/cras_dynamics.py", *dynamics, external=True, env=env)
     session.run(PYTHON, "benchmarks/cras_feature_scores.py", external=True, env=env)  # why cpu_whitened exists
     session.run(PYTHON, "benchmarks/cras_discriminator_gain.py", external=True, env=env)  # what its training adds
+    session.run(PYTHON, "benchmarks/cras_whitening_gap.py", external=True, env=env)  # why it needs many images
 
 
 @nox.session

@@ -217,9 +217,12 @@ PLAN: tuple[tuple[str, ...], ...] = (
          "noise_std=0.3", "embed_dim=192", "--variant", "cpu_whitened", "--output", f"{RESULTS}/cras_256_whitened.csv")
         for seed in ("0", "1", "2")
     ),
-    # PaDiM's anomaly-map sigma at 256 px, read four ways from the same fits (tune-best: 16, the sweep's edge)
+    # PaDiM's anomaly-map sigma at 256 px, read four ways from the same fits (tune-best: 16, the sweep's edge), then
+    # 32 for two seeds (a 257-pixel blur kernel: about 13 minutes a seed)
     ("--method", "padim", "--seeds", "0", "1", "2", "--image-size", "256", "--set", "n_features=100", "--map-sigmas",
      "2", "4", "8", "16", "--output", f"{RESULTS}/padim_256.csv"),
+    ("--method", "padim", "--seeds", "0", "1", "--image-size", "256", "--set", "n_features=100", "--map-sigmas", "32",
+     "--output", f"{RESULTS}/padim_256.csv"),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
