@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         tune = torch.tensor(
             [c == category and h == "tune" for c, h in zip(test_set.categories, test_set.halves, strict=True)]
         )
-        for size in args.train_sizes:
+        counts = sorted({len(features) if size <= 0 or size >= len(features) else size for size in args.train_sizes})
+        for count in counts:  # a category with fewer images than a size is measured once, with all of them
             order = torch.randperm(len(features), generator=torch.Generator().manual_seed(args.seed))
-            count = len(features) if size <= 0 or size >= len(features) else size
             fitted, rest = features[order[:count]], features[order[count:]]
             statistics = fit(fitted, args.eps)
             held_out = (
