@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import budget_curve
 import torch
@@ -82,16 +83,18 @@ def statistics(train: torch.Tensor, eps: float) -> dict[str, Callable[[torch.Ten
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Fit every statistic per category on the training features, score both test halves, write the CSV."""
-    from torchmetrics.functional.classification import binary_auroc
+def embedded_data(
+    curve_argv: list[str],
+) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor, torch.Tensor, Any, float]:
+    """CRAS's frozen features (float64) of the training images per category and of the test images.
 
+    ``curve_argv`` is a ``budget_curve.py`` command line that sets the model and input (its budget is unused).
+    Returns the training features by category, the ``(N, P, D)`` test features, their labels, the held test set
+    (categories and halves per image) and the clock reading taken once the data were loaded.
+    """
     from anomalib_repair.components.backbone import load_backbone_weights
-    from anomalib_repair.evaluation.ranks import unit_ranks
 
-    args = parse_args(argv)
-    torch.manual_seed(0)
-    curve_args = budget_curve.parse_args(["--method", "cras", "--budgets", "1", "--image-size", str(args.image_size)])
+    curve_args = budget_curve.parse_args(curve_argv)
     settings = budget_curve.settings_for(curve_args, seed=0)
     lightning_model = budget_curve.build_model(curve_args, settings, None)
     load_backbone_weights(lightning_model)
@@ -109,6 +112,20 @@ def main(argv: list[str] | None = None) -> int:
             train.setdefault(name, []).append(feature)
     test = torch.cat([frozen_features(network, image) for image, _, _ in test_set.batches]).double()
     labels = torch.cat([label.flatten().int() for _, _, label in test_set.batches])
+    return train, test, labels, test_set, started
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit every statistic per category on the training features, score both test halves, write the CSV."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    from anomalib_repair.evaluation.ranks import unit_ranks
+
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    train, test, labels, test_set, started = embedded_data(
+        ["--method", "cras", "--budgets", "1", "--image-size", str(args.image_size)]
+    )
     rows = []
     for category in sorted(train):
         scorers = statistics(torch.stack(train[category]), args.eps)

@@ -26,7 +26,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import budget_curve
+import cras_feature_scores
 import torch
 
 OUTPUT = Path("benchmarks/results/cras_whitening_gap")
@@ -76,31 +76,11 @@ def out_of_fold_lengths(train: torch.Tensor, folds: int, eps: float, seed: int) 
 
 def main(argv: list[str] | None = None) -> int:
     """Fit the statistics per category and training-set size, measure the four lengths, write the CSV."""
-    from anomalib_repair.components.backbone import load_backbone_weights
-
     args = parse_args(argv)
-    curve_args = budget_curve.parse_args(
+    train, test, labels, test_set, started = cras_feature_scores.embedded_data(
         ["--method", "cras", "--budgets", "1", "--image-size", str(args.image_size), "--set",
          "residual=whitened", f"embed_dim={args.embed_dim}"]
     )  # fmt: skip
-    settings = budget_curve.settings_for(curve_args, seed=0)
-    lightning_model = budget_curve.build_model(curve_args, settings, None)
-    load_backbone_weights(lightning_model)
-    network = lightning_model.model.eval()
-    datamodule = budget_curve.compare.build_datamodule(settings, cache_images=False)
-    datamodule.setup()
-    test_set = budget_curve.load_test_set(datamodule, lightning_model, half_seed=0)
-    started = time.perf_counter()
-    transform = lightning_model.pre_processor.transform
-    train: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad():
-        for batch in datamodule.train_dataloader():
-            features = network.patch_features(transform(batch.image)).double()
-            names = datamodule.category_index.names_of([str(path) for path in batch.image_path])
-            for name, feature in zip(names, features, strict=True):
-                train.setdefault(name, []).append(feature)
-        test = torch.cat([network.patch_features(image) for image, _, _ in test_set.batches]).double()
-    labels = torch.cat([label.flatten().int() for _, _, label in test_set.batches])
     rows = []
     for category in sorted(train):
         features = torch.stack(train[category])
