@@ -262,9 +262,8 @@ class CRAS(RepairModuleMixin, AnomalibModule):  # type: ignore[misc]
             out_of_fold = [whole - part for whole, part in zip(total, per_fold, strict=True)]
             # a fold that holds (almost) all of its category's images leaves too few outside it: whole statistics
             too_few = out_of_fold[2] < 2
-            for index, (whole, part) in enumerate(zip((sums, outer, counts), out_of_fold, strict=True)):
+            for whole, part in zip((sums, outer, counts), out_of_fold, strict=True):
                 part[too_few] = whole.repeat_interleave(folds, dim=0)[too_few]
-                out_of_fold[index] = part
             self.model.set_training_statistics(*_mean_and_covariance(*out_of_fold))
         if not keep_saved:
             self.model.set_position_statistics(*_mean_and_covariance(sums, outer, counts))
