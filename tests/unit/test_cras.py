@@ -650,3 +650,37 @@ def test_whiten_folds_trains_on_out_of_fold_statistics_and_tests_on_all_of_them(
     torch.testing.assert_close(folded.model.position_whiteners, plain.model.position_whiteners, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="whiten_folds"):
         CRAS(**LITE, residual="whitened", whiten_folds=1)
+
+
+def test_whiten_folds_falls_back_to_whole_statistics_where_fewer_than_two_images_lie_outside_a_fold(monkeypatch):
+    """A fold holding all but at most one of its category's images has no usable out-of-fold covariance: that
+    (category, fold) row trains with the category's whole statistics; every other row keeps its out-of-fold ones."""
+    model = CRAS(**LITE, pre_trained=False, embed_dim=2, residual="whitened", whiten_folds=2, visualizer=False)
+    generator = torch.Generator().manual_seed(0)
+    # (category, fold) image counts: category 0 has 5 + 1 images, category 1 has 0 + 4
+    counts = {(0, 0): 5, (0, 1): 1, (1, 0): 0, (1, 1): 4}
+    values = {key: torch.randn(count, 1, 2, generator=generator, dtype=torch.float64) for key, count in counts.items()}
+    order = [(0, 0), (0, 1), (1, 0), (1, 1)]  # row k·F + f
+    moments = (
+        torch.stack([values[key].sum(dim=0) for key in order]),
+        torch.stack([torch.einsum("npd,npe->pde", values[key], values[key]) for key in order]),
+        torch.tensor([float(counts[key]) for key in order], dtype=torch.float64),
+    )
+    monkeypatch.setattr(model, "position_moments_per_category", lambda *args: moments)
+    model._compute_position_statistics(num_classes=2)
+
+    def mean_of(*keys: tuple[int, int]) -> torch.Tensor:
+        return torch.cat([values[key] for key in keys]).mean(dim=0).float()
+
+    training_means = model.model.training_means
+    expected = {
+        0: mean_of((0, 0), (0, 1)),  # category 0 without fold 0: one image left, so the whole category
+        1: mean_of((0, 0)),  # category 0 without fold 1: five images, out-of-fold
+        2: mean_of((1, 1)),  # category 1 without fold 0: all four images (fold 0 is empty)
+        3: mean_of((1, 0), (1, 1)),  # category 1 without fold 1: none left, so the whole category
+    }
+    for row, mean in expected.items():
+        torch.testing.assert_close(training_means[row], mean)
+    assert torch.isfinite(model.model.training_whiteners).all()
+    torch.testing.assert_close(model.model.position_means[0], mean_of((0, 0), (0, 1)))
+    torch.testing.assert_close(model.model.position_means[1], mean_of((1, 1)))
