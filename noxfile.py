@@ -40,7 +40,7 @@ def tests(session: nox.Session) -> None:
     """The default test suite (fast; trainings on tiny settings; real data where ../shared/data exists)."""
     _install(session)
     session.run(PYTHON, "-m", "pip", "check", external=True)  # every declared dependency present and compatible
-    session.run(PYTHON, "-m", "pytest", "-q", *session.posargs, external=True)
+    session.run(PYTHON, "-m", "pytest", "-q", "--durations=15", *session.posargs, external=True)
 
 
 @nox.session

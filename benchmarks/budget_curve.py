@@ -223,6 +223,18 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "2", "4", "8", "16", "--output", f"{RESULTS}/padim_256.csv"),
     ("--method", "padim", "--seeds", "0", "1", "--image-size", "256", "--set", "n_features=100", "--map-sigmas", "32",
      "--output", f"{RESULTS}/padim_256.csv"),
+    # the longer budgets at 256 px: CRR stage I 2,000 steps (2,800 in all, as at 128 px), MFRNet to 30 epochs (one
+    # training per seed, evaluated at 10, 20 and 30)
+    *(
+        ("--method", "crr", "--budgets", "2800", "--seeds", seed, "--image-size", "256",
+         "--output", f"{RESULTS}/crr_256_long.csv")
+        for seed in ("0", "1", "2")
+    ),
+    *(
+        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--image-size", "256", "--variant",
+         "recipe_to_30_epochs", "--output", f"{RESULTS}/mfrnet_256_long.csv")
+        for seed in ("0", "1", "2")
+    ),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
