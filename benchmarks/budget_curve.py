@@ -223,6 +223,10 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "2", "4", "8", "16", "--output", f"{RESULTS}/padim_256.csv"),
     ("--method", "padim", "--seeds", "0", "1", "--image-size", "256", "--set", "n_features=100", "--map-sigmas", "32",
      "--output", f"{RESULTS}/padim_256.csv"),
+    # CRAS's anomaly-map sigma at 256 px (the winning recipe at 10 epochs), read four ways from the same trainings
+    ("--method", "cras", "--budgets", "10", "--seeds", "0", "1", "2", "--image-size", "256", "--set",
+     "residual=whitened", "noise_std=0.3", "embed_dim=192", "--variant", "cpu_whitened", "--map-sigmas", "2", "4", "8",
+     "16", "--output", f"{RESULTS}/cras_256_map_sigma.csv"),
     # the longer budgets at 256 px: CRR stage I 2,000 steps (2,800 in all, as at 128 px), MFRNet to 30 epochs (one
     # training per seed, evaluated at 10, 20 and 30)
     *(
