@@ -223,6 +223,21 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "2", "4", "8", "16", "--output", f"{RESULTS}/padim_256.csv"),
     ("--method", "padim", "--seeds", "0", "1", "--image-size", "256", "--set", "n_features=100", "--map-sigmas", "32",
      "--output", f"{RESULTS}/padim_256.csv"),
+    # MFRNet's recipe values re-checked on the tune half (seed 0, one argument changed at a time, read at 3 and 10
+    # epochs): the projection width and the loss and mask choices that the fixed-subset ablation had picked
+    *(
+        ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--set", *settings, "--variant", label,
+         "--output", f"{RESULTS}/mfrnet_128_tuning.csv")
+        for label, settings in (
+            ("embed_dim=64", ("embed_dim=64",)),
+            ("embed_dim=256", ("embed_dim=256",)),
+            ("pixel_loss=l1", ("pixel_loss=l1",)),
+            ("ssim_weight=0", ("ssim_weight=0.0",)),
+            ("pixel_weight=0", ("pixel_weight=0.0",)),
+            ("k=1,n=2", ("k=1", "n=2")),
+            ("train_masks=all", ("train_masks=all",)),
+        )
+    ),
     # why MFRNet loses at 256 px (tune half, seed 0, 10 epochs): its grid-relative geometry (feature_stride 16 keeps
     # the 16x16 grid of 128 px; ssim_sigma 3 keeps the SSIM window's share of the grid), map sigma read two ways
     *(
