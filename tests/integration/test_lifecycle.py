@@ -288,6 +288,7 @@ def test_anomalib_single_category_datamodules(name: str, demo_root: Path, tmp_pa
         engine.fit(model=model, datamodule=datamodule)
         results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
         assert not math.isnan(results["image_AUROC"]), (label, results)
+        assert not any("/" in key for key in results), (label, results)  # one category: no per-category keys
         batches = engine.predict(model=model, datamodule=datamodule, return_predictions=True)
         assert batches and batches[0].anomaly_map is not None, label
         exported = engine.export(model=model, export_type=ExportType.ONNX, export_root=tmp_path / label / "export")

@@ -1,4 +1,6 @@
-"""Short MFRNet trainings on generated data: unified, single category, checkpoint, export.
+"""Short MFRNet trainings on generated data: unified, checkpoint, export.
+
+anomalib's single-category datamodules: ``test_lifecycle.py::test_anomalib_single_category_datamodules``.
 
 The real-data run is in ``test_real_data_training.py``.
 """
@@ -11,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
@@ -63,17 +64,6 @@ def test_unified_training_on_generated_data_runs_and_reloads_identically(tmp_pat
         before, after = model.model(images), restored.model(images)
     torch.testing.assert_close(before.pred_score, after.pred_score, rtol=0, atol=0)
     torch.testing.assert_close(before.anomaly_map, after.anomaly_map, rtol=0, atol=0)
-
-
-def test_single_category_with_anomalibs_own_datamodule(tmp_path, demo_root):
-    seed_everything(0)
-    datamodule = MVTecAD(root=demo_root, category="disc", train_batch_size=8, eval_batch_size=16, num_workers=0)
-    model = MFRNet(**REDUCED, image_size=64, feature_stride=4, visualizer=False)
-    engine = _engine(tmp_path, epochs=2)
-    engine.fit(model=model, datamodule=datamodule)
-    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-    assert not math.isnan(results["image_AUROC"]), results
-    assert not any("/" in key for key in results)  # one category: no per-category keys
 
 
 @pytest.mark.slow
