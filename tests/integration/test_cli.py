@@ -19,12 +19,10 @@ import pytest
 import torch
 
 import anomalib_repair
-from checkpoint_only import guard_folder
-from tiny_models import TINY_CLI_ARGS, TINY_MODELS
+from cli_runner import ANOMALIB, checkpoint_only_env, pythonpath, read_table, run_cli
+from tiny_models import TINY_CLI_ARGS
 
-ANOMALIB = Path(sys.executable).parent / "anomalib"
 ROOT = Path(__file__).resolve().parents[2]
-SRC = Path(__file__).resolve().parents[2] / "src"  # this checkout's package, before any installed copy
 TINY = [
     "--model.backbone", "tf_efficientnet_lite0.pypi",
     "--model.layers", "[blocks.2, blocks.4]",
@@ -33,31 +31,10 @@ TINY = [
 ]  # fmt: skip
 
 
-def _pythonpath() -> str:
-    return os.pathsep.join(part for part in (str(SRC), os.environ.get("PYTHONPATH", "")) if part)
-
-
-def _run(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath(), **(extra_env or {})}
-    return subprocess.run(
-        [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-
-
-def _checkpoint_only_env(folder: Path) -> dict[str, str]:
-    """Environment of a subprocess with nothing but the checkpoint: no network, no packaged backbone weights."""
-    return {"PYTHONPATH": os.pathsep.join((str(guard_folder(folder)), _pythonpath()))}
-
-
-def _table(path: Path) -> dict[str, dict[str, str]]:
-    with path.open() as handle:
-        return {row["category"]: row for row in csv.DictReader(handle)}
-
-
 @pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
 def test_cli_missing_dataset_root_is_one_clear_line(tmp_path):
     missing = tmp_path / "nowhere"
-    result = _run(
+    result = run_cli(
         ["train", "--model", "anomalib_repair.CRAS", "--data", "MVTecFolder", "--data.root", str(missing)], tmp_path
     )
     assert result.returncode != 0
@@ -91,7 +68,7 @@ def test_cli_truncated_image_in_a_loader_worker_is_one_line_naming_it(tmp_path, 
     bad.write_bytes(bad.read_bytes()[:300])
     data = ["--data", "MVTecFolder", "--data.root", str(root), "--data.verify_images", "false"]
     data += ["--data.num_workers", "1", "--data.train_batch_size", "16"]
-    result = _run(["train", "--model", "anomalib_repair.CRAS", *data, *TINY, "--trainer.max_epochs", "1"], tmp_path)
+    result = run_cli(["train", "--model", "anomalib_repair.CRAS", *data, *TINY, "--trainer.max_epochs", "1"], tmp_path)
     _assert_one_error_line(result, str(bad), "replace or remove")
 
 
@@ -100,7 +77,7 @@ def test_cli_offline_without_weights_is_one_line_naming_the_option(tmp_path, dem
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
     data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.num_workers", "0"]
     model = ["--model", "anomalib_repair.CRAS", "--model.image_size", "64", "--model.crop_size", "64"]
-    result = _run(["train", *model, *data, "--trainer.max_epochs", "1"], tmp_path, env)
+    result = run_cli(["train", *model, *data, "--trainer.max_epochs", "1"], tmp_path, env)
     _assert_one_error_line(result, "backbone_weights", "wide_resnet50_2")
 
 
@@ -127,7 +104,7 @@ def test_cli_bad_arguments_are_one_line(case, needles, tmp_path, demo_root):
         "missing_checkpoint": ["test", *model, *data, "--ckpt_path", str(tmp_path / "nowhere.ckpt")],
         "export_without_checkpoint": ["export", *model, "--export_type", "onnx"],
     }[case]
-    _assert_one_error_line(_run(args, tmp_path), *needles)
+    _assert_one_error_line(run_cli(args, tmp_path), *needles)
 
 
 @pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
@@ -135,14 +112,14 @@ def test_cli_seed_everything_gives_the_same_metrics_twice(tmp_path, demo_root):
     """anomalib's CLI parses ``--seed_everything`` without applying it; our classes apply it (same table twice)."""
     data = ["--data", "MVTecFolder", "--data.root", str(demo_root), "--data.categories", "[disc, weave]"]
     data += ["--data.num_workers", "0", "--data.train_batch_size", "8"]
-    command = ["train", "--model", "anomalib_repair.CRAS", *data, *TINY, "--trainer.max_epochs", "2"]
+    command = ["train", "--model", "anomalib_repair.CRAS", *data, *TINY, "--trainer.max_epochs", "1"]
     tables = []
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
-        result = _run([*command, "--seed_everything", "7"], tmp_path / run)
+        result = run_cli([*command, "--seed_everything", "7"], tmp_path / run)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "applying --seed_everything 7" in result.stdout + result.stderr
-        tables.append(_table(next((tmp_path / run).rglob("per_category_metrics.csv"))))
+        tables.append(read_table(next((tmp_path / run).rglob("per_category_metrics.csv"))))
     assert tables[0] == tables[1]
 
 
@@ -157,7 +134,7 @@ def _script(args: list[str]) -> list[str]:
 
 def _kill_after_step(command: list[str], steps_dir: Path, step: int) -> None:
     """Start ``command`` and SIGKILL it as soon as its step checkpoint ``step`` (or a later one) exists."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     try:
@@ -183,13 +160,13 @@ def _mvtec_named_copy(demo_root: Path, target: Path) -> Path:
 
 def _exports_with_the_checkpoint_only(model: list[str], checkpoint: Path, root: Path, run_dir: Path) -> None:
     """torch, ONNX and OpenVINO exports from the checkpoint (network refused): where they go, what they print."""
-    guarded = _checkpoint_only_env(root / "guard")
+    guarded = checkpoint_only_env(root / "guard")
     for export_type, suffix in (("torch", ".pt"), ("onnx", ".onnx"), ("openvino", ".xml")):
         # openvino without --export_root: it goes to the checkpoint's own run folder, not a shared results/weights
         where = [] if export_type == "openvino" else ["--export_root", str(root / "exported")]
         # a model argument that contradicts the checkpoint is named in one line (the checkpoint's value is used)
         contradicting = ["--model.image_size", "96"] if export_type == "onnx" else []
-        exported = _run(
+        exported = run_cli(
             ["export", *model, *contradicting, "--export_type", export_type, "--ckpt_path", str(checkpoint), *where],
             root,
             guarded,
@@ -221,32 +198,32 @@ def _cli_lifecycle(name: str, root: Path, demo_root: Path) -> None:
 
     fitted_root = root / "fit"
     fit_args = ["fit", *model, *data, *tiny, "--trainer.max_epochs", "1", "--default_root_dir", str(fitted_root)]
-    fitted = _run(fit_args, root)
+    fitted = run_cli(fit_args, root)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     fit_checkpoints = list(fitted_root.rglob("*.ckpt"))
     assert fit_checkpoints, "fit writes a checkpoint"
-    validated = _run(["validate", *model, *data, *tiny, "--ckpt_path", str(fit_checkpoints[0])], root)
+    validated = run_cli(["validate", *model, *data, *tiny, "--ckpt_path", str(fit_checkpoints[0])], root)
     assert validated.returncode == 0, validated.stderr[-3000:]
     assert "Validation" in validated.stdout, validated.stdout[-3000:]  # thresholds only: metrics are test's
 
-    trained = _run(["train", *model, *data, *tiny, "--trainer.max_epochs", "2"], root)
+    trained = run_cli(["train", *model, *data, *tiny, "--trainer.max_epochs", "2"], root)
     assert trained.returncode == 0, trained.stderr[-3000:]
     run_dir = root / "results" / name / "MVTec" / "bottle+carpet" / "v0"
-    first = _table(run_dir / "per_category_metrics.csv")
+    first = read_table(run_dir / "per_category_metrics.csv")
     assert set(first) >= {"bottle", "carpet"}
     checkpoint = run_dir / "weights" / "lightning" / "model.ckpt"
 
     (run_dir / "per_category_metrics.csv").unlink()
     # test, predict and export with the checkpoint only: its saved arguments rebuild the tiny model; no network and
     # no packaged backbone weights (the guard), so the backbone's weights can only come from the checkpoint
-    guarded = _checkpoint_only_env(root / "guard")
-    tested = _run(["test", *model, *data, "--ckpt_path", str(checkpoint)], root, guarded)
+    guarded = checkpoint_only_env(root / "guard")
+    tested = run_cli(["test", *model, *data, "--ckpt_path", str(checkpoint)], root, guarded)
     assert tested.returncode == 0, tested.stderr[-3000:]
-    assert _table(next(root.rglob("per_category_metrics.csv"))) == first
+    assert read_table(next(root.rglob("per_category_metrics.csv"))) == first
 
     images = demo_root / "disc" / "test" / "hole"
     predict_root = root / "predicted"
-    predicted = _run(
+    predicted = run_cli(
         ["predict", *model, "--data", str(images), "--ckpt_path", str(checkpoint),
          "--default_root_dir", str(predict_root)],
         root,
@@ -285,81 +262,56 @@ def test_cli_lifecycle_every_model(name, tmp_path, demo_root):
     _cli_lifecycle(name, tmp_path, demo_root)
 
 
-@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
-@pytest.mark.parametrize("name", ["CRR", "MFRNet"])  # CRAS: test_cli_lifecycle_cras and test_fresh_install
-def test_cli_checkpoint_only_commands_of_every_model_run_with_the_network_refused(name, tmp_path, demo_root):
-    """``anomalib test|predict|export --model anomalib_repair.<M> --ckpt_path CK`` with nothing but the checkpoint.
-
-    The checkpoint comes from ``Engine.fit`` in this process (the tiny model); each command runs in a subprocess
-    with the network refused and the packaged backbone weights hidden. ``test`` gives the metrics of the trained
-    model; ``export`` writes the OpenVINO model, the factory's form.
-    """
-    from anomalib.engine import Engine
-    from lightning.pytorch import seed_everything
-
-    seed_everything(0)
-    datamodule = anomalib_repair.MVTecFolder(
-        root=demo_root, categories=["disc", "weave"], train_batch_size=8, eval_batch_size=8, num_workers=0
-    )
-    model = TINY_MODELS[name]()
-    engine = Engine(max_epochs=1, default_root_dir=tmp_path / "fit", accelerator="cpu", devices=1, logger=False,
-                    enable_progress_bar=False)  # fmt: skip
-    engine.fit(model=model, datamodule=datamodule)
-    expected = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-    checkpoint = tmp_path / "trained.ckpt"
-    engine.trainer.save_checkpoint(checkpoint)
-
-    guarded = _checkpoint_only_env(tmp_path / "guard")
-    cli_model = ["--model", f"anomalib_repair.{name}", "--ckpt_path", str(checkpoint)]
-    data = ["--data", "anomalib_repair.MVTecFolder", "--data.root", str(demo_root), "--data.categories",
-            "[disc, weave]", "--data.num_workers", "0", "--default_root_dir", str(tmp_path / "test")]  # fmt: skip
-    tested = _run(["test", *cli_model, *data], tmp_path, guarded)
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    table = _table(next((tmp_path / "test").rglob("per_category_metrics.csv")))
-    for category in ("disc", "weave"):
-        assert float(table[category]["image_AUROC"]) == pytest.approx(expected[f"image_AUROC/{category}"], abs=1e-6)
-
-    images = demo_root / "disc" / "test" / "hole"
-    predicted = _run(["predict", *cli_model, "--data", str(images), "--default_root_dir", str(tmp_path / "predict")],
-                     tmp_path, guarded)  # fmt: skip
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    with next((tmp_path / "predict").rglob("predictions.csv")).open() as handle:
-        assert len(list(csv.DictReader(handle))) == len(list(images.glob("*.png")))
-
-    exported = _run(["export", *cli_model, "--export_type", "openvino", "--export_root", str(tmp_path / "export")],
-                    tmp_path, guarded)  # fmt: skip
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    assert list((tmp_path / "export").rglob("*.xml")), exported.stdout[-2000:]
+PARSER = Path(__file__).with_name("parse_commands.py")  # anomalib's CLI class on many argument lists, one interpreter
 
 
-@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
-@pytest.mark.parametrize("name", sorted(TINY_CLI_ARGS))
-def test_cli_resolves_our_model_and_the_short_data_name(name, tmp_path):
-    """`anomalib train --model anomalib_repair.X --data MVTec --data.root PATH`: word order as in anomalib."""
-    result = _run(
-        ["train", "--model", f"anomalib_repair.{name}", "--data", "MVTec", "--data.root", str(tmp_path),
-         "--print_config"],
-        tmp_path,
+@pytest.fixture(scope="module")
+def parsed_model_commands(tmp_path_factory) -> dict[tuple[str, str], dict]:
+    """Per model: ``--print_config`` and ``--model.help`` of ``anomalib train --model anomalib_repair.X``."""
+    folder = tmp_path_factory.mktemp("model_commands")
+    commands = {}
+    for name in sorted(TINY_CLI_ARGS):
+        model = f"anomalib_repair.{name}"
+        data = ["--data", "MVTec", "--data.root", str(folder)]
+        commands[name, "config"] = ["train", "--model", model, *data, "--print_config"]
+        commands[name, "help"] = ["train", "--model", model, "--model.help", model]
+    (folder / "commands.json").write_text(json.dumps(list(commands.values())))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
+    done = subprocess.run(
+        [sys.executable, str(PARSER), str(folder / "commands.json"), str(folder / "results.json")],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"class_path: anomalib_repair.{name}" in result.stdout
-    assert "class_path: anomalib_repair.MVTec\n" in result.stdout
-    helped = _run(["train", "--model", f"anomalib_repair.{name}", "--model.help", f"anomalib_repair.{name}"], tmp_path)
-    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(zip(commands, json.loads((folder / "results.json").read_text()), strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CLI_ARGS))
+def test_cli_resolves_our_model_and_the_short_data_name(name, parsed_model_commands):
+    """`anomalib train --model anomalib_repair.X --data MVTec --data.root PATH`: word order as in anomalib.
+
+    Parsed by anomalib's own CLI class (``parse_commands.py``); the console script itself runs in every other test
+    of this file.
+    """
+    result = parsed_model_commands[name, "config"]
+    assert result["code"] == 0, result["stderr"]
+    assert f"class_path: anomalib_repair.{name}" in result["stdout"]
+    assert "class_path: anomalib_repair.MVTec\n" in result["stdout"]
+    helped = parsed_model_commands[name, "help"]
+    assert helped["code"] == 0, helped["stderr"]
     options = inspect.signature(getattr(anomalib_repair, name).__init__).parameters
     missing = [
         option
         for option, parameter in options.items()
         if option != "self"
         and parameter.kind is not parameter.VAR_KEYWORD  # CRR's flat names of earlier releases: Python only
-        and f"--model.{option} " not in helped.stdout
-        and f"--model.{option}." not in helped.stdout  # an option group (CRR's stage1, …): its options
+        and f"--model.{option} " not in helped["stdout"]
+        and f"--model.{option}." not in helped["stdout"]  # an option group (CRR's stage1, …): its options
     ]
     assert not missing, f"options not settable from the CLI: {missing}"
 
 
 def _train_script(args: list[str]) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
     done = subprocess.run(_script(args), env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -416,7 +368,7 @@ def test_cli_training_stopped_by_a_signal_saves_its_state_and_prints_the_resume_
     args += [*TINY_CLI_ARGS["CRAS"], "--trainer.max_epochs", "40"]
     args += ["--trainer.callbacks+=anomalib_repair.callbacks.StepCheckpoint"]
     args += ["--trainer.callbacks.every_n_train_steps=2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
     process = subprocess.Popen(
         [str(ANOMALIB), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -440,7 +392,7 @@ def test_cli_training_stopped_by_a_signal_saves_its_state_and_prints_the_resume_
     assert command[1:-2] == args, "the same command line, continued from the saved state"
 
     shorter = ["--trainer.max_epochs", str(state["epoch"] + 2)]  # the same run, ended sooner to keep the test short
-    resumed = _run([*command[1:-2], *shorter, "--ckpt_path", str(saved)], tmp_path)
+    resumed = run_cli([*command[1:-2], *shorter, "--ckpt_path", str(saved)], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
     assert any((tmp_path / "results").rglob("per_category_metrics.csv")), "the resumed run goes on to its test"

@@ -1,8 +1,9 @@
 """The whole anomalib lifecycle for every model through the Python API, on tiny offline settings.
 
 fit → test → validate → predict → export (torch, onnx, openvino) → anomalib's inferencers, with our unified
-datamodule; fit/test/predict with anomalib's own single-category ``MVTecAD`` and ``Folder``; checkpoints in
-anomalib's weights-only mode; ``list_models``/``get_model``. Each model comes from ``tests/tiny_models.py``.
+datamodule; the CLI's ``test``/``predict``/``export`` with nothing but the trained checkpoint; fit/test/predict
+with anomalib's own single-category ``MVTecAD`` and ``Folder``; checkpoints in anomalib's weights-only mode;
+``list_models``/``get_model``. Each model comes from ``tests/tiny_models.py``.
 
 Tolerance of the exported models against the Lightning model: 1e-4 absolute on image scores and anomaly maps
 (measured ≤ 2e-6 for CRAS; all run in float32).
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from lightning.pytorch import seed_everything
 import anomalib_repair
 from anomalib_repair import MVTecFolder
 from checkpoint_only import WEIGHTS_PACKAGE, refuse_network_and_weights
+from cli_runner import ANOMALIB, checkpoint_only_env, read_table, run_cli
 from tiny_models import TINY_MODELS
 
 ATOL = 1e-4
@@ -51,6 +53,7 @@ class Trained:
     datamodule: MVTecFolder
     root: Path
     results: dict[str, float]
+    exports: dict[str, Path] = field(default_factory=dict)
 
 
 def _engine(root: Path, **kwargs: object) -> Engine:
@@ -88,6 +91,16 @@ def _checkpoint(trained: Trained) -> Path:
     if not path.exists():
         trained.engine.trainer.save_checkpoint(path)
     return path
+
+
+def _exported(trained: Trained, export_type: str) -> Path:
+    """The trained model exported once per type (the tests that need the same export share it)."""
+    if export_type not in trained.exports:
+        folder = trained.root / f"export_{export_type}"
+        exported = trained.engine.export(model=trained.model, export_type=ExportType(export_type), export_root=folder)
+        assert exported is not None and exported.exists()
+        trained.exports[export_type] = Path(exported)
+    return trained.exports[export_type]
 
 
 def _predicted(trained: Trained) -> dict[str, tuple[float, torch.Tensor, bool]]:
@@ -174,10 +187,7 @@ def test_export_and_inferencers_give_the_lightning_scores(
     trained: Trained, export_type: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = _predicted(trained)
-    exported = trained.engine.export(
-        model=trained.model, export_type=ExportType(export_type), export_root=trained.root / f"export_{export_type}"
-    )
-    assert exported is not None and exported.exists()
+    exported = _exported(trained, export_type)
     if export_type == "torch":
         monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib refuses pickled models unless the user opts in
         inferencer: TorchInferencer | OpenVINOInferencer = TorchInferencer(path=exported, device="cpu")
@@ -251,9 +261,7 @@ def test_an_exported_model_given_an_image_of_another_size_scores_as_the_validate
     geometry = Compose([step for step in model.pre_processor.transform.transforms if not isinstance(step, Normalize)])
     with torch.no_grad():
         reference = model(geometry(raw)[None])
-    exported = trained.engine.export(
-        model=model, export_type=ExportType.OPENVINO, export_root=tmp_path / "export_openvino"
-    )
+    exported = _exported(trained, "openvino")  # the same trained model's export as the inferencer test's
     monkeypatch.chdir(tmp_path)
     inferencer = OpenVINOInferencer(path=exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
     prediction = inferencer.predict(raw_path)
@@ -291,8 +299,9 @@ def test_anomalib_single_category_datamodules(name: str, demo_root: Path, tmp_pa
         assert not any("/" in key for key in results), (label, results)  # one category: no per-category keys
         batches = engine.predict(model=model, datamodule=datamodule, return_predictions=True)
         assert batches and batches[0].anomaly_map is not None, label
-        exported = engine.export(model=model, export_type=ExportType.ONNX, export_root=tmp_path / label / "export")
-        assert exported is not None and exported.exists(), label
+        if label == "MVTecAD":  # the exported graph is that of a one-category model whichever datamodule fed it
+            exported = engine.export(model=model, export_type=ExportType.ONNX, export_root=tmp_path / label / "export")
+            assert exported is not None and exported.exists(), label
 
 
 def test_anomalib_finds_our_models_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -327,3 +336,40 @@ def test_checkpoint_alone_rebuilds_a_default_constructed_model(
     assert any("rebuilt as saved in the checkpoint" in record.getMessage() for record in caplog.records)
     for key, value in trained.results.items():
         assert again[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+@pytest.mark.skipif(not ANOMALIB.exists(), reason="anomalib CLI not installed beside this interpreter")
+@pytest.mark.parametrize("trained", ["CRR", "MFRNet"], indirect=True)  # CRAS: test_cli.py's lifecycle, fresh install
+def test_cli_checkpoint_only_commands_run_with_the_network_refused(trained: Trained, tmp_path: Path) -> None:
+    """``anomalib test|predict|export --model anomalib_repair.<M> --ckpt_path CK`` with nothing but the checkpoint.
+
+    The checkpoint is the one ``Engine.fit`` trained here; each command runs in a subprocess with the network refused
+    and the packaged backbone weights hidden. ``test`` gives the trained model's metrics; ``export`` writes the
+    OpenVINO model, the factory's form.
+    """
+    checkpoint = _checkpoint(trained)
+    guarded = checkpoint_only_env(tmp_path / "guard")
+    demo_root = Path(trained.datamodule.root)
+    model = ["--model", f"anomalib_repair.{trained.name}", "--ckpt_path", str(checkpoint)]
+    data = ["--data", "anomalib_repair.MVTecFolder", "--data.root", str(demo_root), "--data.categories",
+            f"[{', '.join(CATEGORIES)}]", "--data.num_workers", "0",
+            "--default_root_dir", str(tmp_path / "test")]  # fmt: skip
+    tested = run_cli(["test", *model, *data], tmp_path, guarded)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    table = read_table(next((tmp_path / "test").rglob("per_category_metrics.csv")))
+    for category in CATEGORIES:
+        assert float(table[category]["image_AUROC"]) == pytest.approx(
+            trained.results[f"image_AUROC/{category}"], abs=1e-6
+        )
+
+    images = demo_root / "disc" / "test" / "hole"
+    predicted = run_cli(["predict", *model, "--data", str(images), "--default_root_dir", str(tmp_path / "predict")],
+                        tmp_path, guarded)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with next((tmp_path / "predict").rglob("predictions.csv")).open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(list(images.glob("*.png")))
+
+    exported = run_cli(["export", *model, "--export_type", "openvino", "--export_root", str(tmp_path / "export")],
+                       tmp_path, guarded)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert list((tmp_path / "export").rglob("*.xml")), exported.stdout[-2000:]
