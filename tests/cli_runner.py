@@ -1,6 +1,9 @@
 """Run the real ``anomalib`` console script in a subprocess, as a user would, with this checkout's package first.
 
-- :func:`run_cli` runs ``anomalib ARGS`` (offline: ``HF_HUB_OFFLINE=1``) and returns the finished process;
+- :func:`offline_env` is the environment of every such subprocess (``HF_HUB_OFFLINE=1``, this checkout first);
+- :func:`run_cli` runs ``anomalib ARGS`` in it and returns the finished process;
+- :func:`parse_cli_commands` parses many argument lists with anomalib's CLI class in one interpreter
+  (``integration/parse_commands.py``) and returns each outcome;
 - :func:`checkpoint_only_env` is the extra environment of a run that has nothing but the checkpoint (no network, the
   packaged backbone weights hidden: ``checkpoint_only.guard_folder``);
 - :func:`read_table` reads a ``per_category_metrics.csv`` as ``{category: row}``.
@@ -9,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +22,7 @@ from checkpoint_only import guard_folder
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
 SRC = Path(__file__).resolve().parents[1] / "src"  # this checkout's package, before any installed copy
+PARSER = Path(__file__).resolve().parent / "integration" / "parse_commands.py"
 
 
 def pythonpath() -> str:
@@ -25,12 +30,28 @@ def pythonpath() -> str:
     return os.pathsep.join(part for part in (str(SRC), os.environ.get("PYTHONPATH", "")) if part)
 
 
+def offline_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, offline (``HF_HUB_OFFLINE=1``), this checkout first, then ``extra_env``."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(), **(extra_env or {})}
+
+
 def run_cli(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``anomalib *args`` in ``cwd``; the output is captured, the exit code is the caller's to check."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(), **(extra_env or {})}
     return subprocess.run(
-        [str(ANOMALIB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+        [str(ANOMALIB), *args], cwd=cwd, env=offline_env(extra_env), capture_output=True, text=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+
+
+def parse_cli_commands(commands: list[list[str]], folder: Path, cwd: Path, env: dict[str, str]) -> list[dict]:
+    """Each argument list parsed by ``AnomalibCLI(run=False)`` in one subprocess: ``{code, stdout, stderr}`` each."""
+    (folder / "commands.json").write_text(json.dumps(commands))
+    done = subprocess.run(
+        [sys.executable, str(PARSER), str(folder / "commands.json"), str(folder / "results.json")],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((folder / "results.json").read_text())
 
 
 def checkpoint_only_env(folder: Path) -> dict[str, str]:

@@ -6,7 +6,6 @@ import csv
 import inspect
 import json
 import math
-import os
 import shlex
 import shutil
 import signal
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 import anomalib_repair
-from cli_runner import ANOMALIB, checkpoint_only_env, pythonpath, read_table, run_cli
+from cli_runner import ANOMALIB, checkpoint_only_env, offline_env, parse_cli_commands, read_table, run_cli
 from tiny_models import TINY_CLI_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +133,7 @@ def _script(args: list[str]) -> list[str]:
 
 def _kill_after_step(command: list[str], steps_dir: Path, step: int) -> None:
     """Start ``command`` and SIGKILL it as soon as its step checkpoint ``step`` (or a later one) exists."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
+    env = offline_env()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     try:
@@ -262,9 +261,6 @@ def test_cli_lifecycle_every_model(name, tmp_path, demo_root):
     _cli_lifecycle(name, tmp_path, demo_root)
 
 
-PARSER = Path(__file__).with_name("parse_commands.py")  # anomalib's CLI class on many argument lists, one interpreter
-
-
 @pytest.fixture(scope="module")
 def parsed_model_commands(tmp_path_factory) -> dict[tuple[str, str], dict]:
     """Per model: ``--print_config`` and ``--model.help`` of ``anomalib train --model anomalib_repair.X``."""
@@ -275,14 +271,8 @@ def parsed_model_commands(tmp_path_factory) -> dict[tuple[str, str], dict]:
         data = ["--data", "MVTec", "--data.root", str(folder)]
         commands[name, "config"] = ["train", "--model", model, *data, "--print_config"]
         commands[name, "help"] = ["train", "--model", model, "--model.help", model]
-    (folder / "commands.json").write_text(json.dumps(list(commands.values())))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
-    done = subprocess.run(
-        [sys.executable, str(PARSER), str(folder / "commands.json"), str(folder / "results.json")],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(zip(commands, json.loads((folder / "results.json").read_text()), strict=True))
+    results = parse_cli_commands(list(commands.values()), folder, folder, offline_env())
+    return dict(zip(commands, results, strict=True))
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CLI_ARGS))
@@ -311,7 +301,7 @@ def test_cli_resolves_our_model_and_the_short_data_name(name, parsed_model_comma
 
 
 def _train_script(args: list[str]) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
+    env = offline_env()
     done = subprocess.run(_script(args), env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -368,7 +358,7 @@ def test_cli_training_stopped_by_a_signal_saves_its_state_and_prints_the_resume_
     args += [*TINY_CLI_ARGS["CRAS"], "--trainer.max_epochs", "40"]
     args += ["--trainer.callbacks+=anomalib_repair.callbacks.StepCheckpoint"]
     args += ["--trainer.callbacks.every_n_train_steps=2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath()}
+    env = offline_env()
     process = subprocess.Popen(
         [str(ANOMALIB), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

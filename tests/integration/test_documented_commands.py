@@ -10,7 +10,6 @@ class, option or recipe is renamed fails here.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -19,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import parse_cli_commands
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "src/anomalib_repair/models").glob("*/README.md"))]
 DOCUMENTS += sorted((ROOT / "docs").glob("*.md"))
 SUBCOMMANDS = ("train", "fit", "test", "validate", "predict", "export")
-HELPER = Path(__file__).with_name("parse_commands.py")
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -68,13 +68,7 @@ def _words(command: str, env: dict[str, str]) -> list[str]:
 def parsed(tmp_path_factory) -> dict[str, dict]:
     env = _environment()
     folder = tmp_path_factory.mktemp("commands")
-    (folder / "commands.json").write_text(json.dumps([[*_words(c, env), "--print_config"] for _, c in COMMANDS]))
-    done = subprocess.run(
-        [sys.executable, str(HELPER), str(folder / "commands.json"), str(folder / "results.json")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((folder / "results.json").read_text())
+    results = parse_cli_commands([[*_words(c, env), "--print_config"] for _, c in COMMANDS], folder, ROOT, env)
     return {command: result for (_, command), result in zip(COMMANDS, results, strict=True)}
 
 
