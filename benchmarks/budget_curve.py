@@ -67,7 +67,9 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ),
     ("--method", "patchcore", "--seeds", "0", "1", "2", "--set", "coreset_sampling_ratio=0.1", "--map-sigmas", "4", "8",
      "--output", f"{RESULTS}/patchcore_128.csv"),
-    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "1", "2", "--output", f"{RESULTS}/mfrnet_128.csv"),
+    # MFRNet's curves before the recipe took the paper's 256-d width (tune half, mfrnet_128_tuning.csv): 128-d
+    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "1", "2", "--set", "embed_dim=128", "--variant",
+     "embed_dim=128", "--output", f"{RESULTS}/mfrnet_128.csv"),
     # crr_128.csv holds the same runs before the reference segmentation init (variant seg_init=pytorch, now stage2.init)
     ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "1", "2",
      "--output", f"{RESULTS}/crr_128_seginit.csv"),
@@ -86,8 +88,8 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "padim", "--set", "n_features=100", "--image-size", "256", "--output", f"{RESULTS}/padim_256.csv"),
     # longer budgets: MFRNet to 30 epochs (one training per seed, evaluated at 10, 20, 30), CRR stage I 2,000 steps
     *(
-        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--variant", "recipe_to_30_epochs",
-         "--output", f"{RESULTS}/mfrnet_128_long.csv")
+        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--set", "embed_dim=128", "--variant",
+         "embed_dim=128_to_30_epochs", "--output", f"{RESULTS}/mfrnet_128_long.csv")
         for seed in ("0", "1", "2")
     ),
     *(
@@ -114,8 +116,8 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "residual=whitened", "noise_std=0.3", "--variant", "cpu_whitened embed_dim=384",
      "--output", f"{RESULTS}/cras_256_whitened.csv"),
     # MFRNet at 256 px (one seed; its minutes are inflated: other jobs shared the cores)
-    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--image-size", "256",
-     "--output", f"{RESULTS}/mfrnet_256.csv"),
+    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--image-size", "256", "--set", "embed_dim=128",
+     "--variant", "embed_dim=128", "--output", f"{RESULTS}/mfrnet_256.csv"),
     # CRR at 256 px (stage I and II scaled as at 128 px): seed 0 at 140 and 500 steps, seeds 1 and 2 at 140
     ("--method", "crr", "--budgets", "140", "500", "--seeds", "0", "--image-size", "256",
      "--output", f"{RESULTS}/crr_256.csv"),
@@ -124,8 +126,8 @@ PLAN: tuple[tuple[str, ...], ...] = (
     ("--method", "crr", "--budgets", "500", "--seeds", "1", "2", "--image-size", "256",
      "--output", f"{RESULTS}/crr_256.csv"),
     # seeds 1 and 2 of MFRNet at 256 px, and of the paper's CRAS residual at 256 px up to 10 epochs and at 30
-    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "1", "2", "--image-size", "256",
-     "--output", f"{RESULTS}/mfrnet_256.csv"),
+    ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "1", "2", "--image-size", "256", "--set",
+     "embed_dim=128", "--variant", "embed_dim=128", "--output", f"{RESULTS}/mfrnet_256.csv"),
     ("--method", "cras", "--budgets", "1", "3", "10", "--seeds", "1", "2", "--image-size", "256",
      "--output", f"{RESULTS}/cras_256.csv"),
     ("--method", "cras", "--budgets", "30", "--seeds", "1", "2", "--image-size", "256",
@@ -257,8 +259,20 @@ PLAN: tuple[tuple[str, ...], ...] = (
         for seed in ("0", "1", "2")
     ),
     *(
-        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--image-size", "256", "--variant",
-         "recipe_to_30_epochs", "--output", f"{RESULTS}/mfrnet_256_long.csv")
+        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--image-size", "256", "--set",
+         "embed_dim=128", "--variant", "embed_dim=128_to_30_epochs", "--output", f"{RESULTS}/mfrnet_256_long.csv")
+        for seed in ("0", "1", "2")
+    ),
+    # MFRNet's recipe at the paper's 256-d width (adopted on the tune half): one training per seed, read at 3, 10, 20
+    # and 30 epochs at 128 px, at 3 and 10 at 256 px
+    *(
+        ("--method", "mfrnet", "--budgets", "3", "10", "20", "30", "--seeds", seed,
+         "--output", f"{RESULTS}/mfrnet_128.csv")
+        for seed in ("0", "1", "2")
+    ),
+    *(
+        ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", seed, "--image-size", "256",
+         "--output", f"{RESULTS}/mfrnet_256.csv")
         for seed in ("0", "1", "2")
     ),
 )  # fmt: skip
