@@ -18,7 +18,8 @@ from lightning.pytorch import seed_everything
 
 from anomalib_repair import MFRNet, MVTecFolder
 
-# Reduced CPU recipe (configs/mfrnet/cpu_reduced.yaml): offline EfficientNet-Lite0, narrow restoration network.
+# configs/mfrnet/cpu_reduced.yaml's backbone and blocks (offline EfficientNet-Lite0) with a 128-d projection (the
+# recipe: 256-d) to keep the test fast.
 REDUCED = {
     "backbone": "tf_efficientnet_lite0.pypi",
     "layers": ["blocks.1", "blocks.2", "blocks.4"],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -152,6 +154,15 @@ def test_default_mfrnet_builds_without_downloading_and_counts_its_trainable_para
     trainable = sum(p.numel() for p in default_model.parameters() if p.requires_grad)
     assert trainable == sum(p.numel() for p in default_model.model.restoration.parameters()) == 3_895_168
     assert all(not p.requires_grad for p in default_model.model.aggregator.parameters())
+
+
+def test_reduced_cpu_recipe_trains_the_papers_width_with_two_blocks():
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "mfrnet" / "cpu_reduced.yaml"
+    init = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    assert (init["embed_dim"], init["depth"]) == (256, 2)  # the paper's width, chosen on the tune half; 2 of 4 blocks
+    model = MFRNet(**{**init, "pre_trained": False})
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in model.model.restoration.parameters()) == 1_283_248
 
 
 def test_default_input_pipeline_is_256_pixels_with_imagenet_normalisation(default_model):
