@@ -225,11 +225,12 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "2", "4", "8", "16", "--output", f"{RESULTS}/padim_256.csv"),
     ("--method", "padim", "--seeds", "0", "1", "--image-size", "256", "--set", "n_features=100", "--map-sigmas", "32",
      "--output", f"{RESULTS}/padim_256.csv"),
-    # MFRNet's recipe values re-checked on the tune half (seed 0, one argument changed at a time, read at 3 and 10
-    # epochs): the projection width and the loss and mask choices that the fixed-subset ablation had picked
+    # MFRNet's recipe values re-checked on the tune half (seed 0, one argument changed at a time from the 128-d recipe
+    # of then, read at 3 and 10 epochs): the projection width and the loss and mask choices that the fixed-subset
+    # ablation had picked
     *(
-        ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--set", *settings, "--variant", label,
-         "--output", f"{RESULTS}/mfrnet_128_tuning.csv")
+        ("--method", "mfrnet", "--budgets", "3", "10", "--seeds", "0", "--set", "embed_dim=128", *settings, "--variant",
+         label, "--output", f"{RESULTS}/mfrnet_128_tuning.csv")
         for label, settings in (
             ("embed_dim=64", ("embed_dim=64",)),
             ("embed_dim=256", ("embed_dim=256",)),
@@ -240,11 +241,12 @@ PLAN: tuple[tuple[str, ...], ...] = (
             ("train_masks=all", ("train_masks=all",)),
         )
     ),
-    # why MFRNet loses at 256 px (tune half, seed 0, 10 epochs): its grid-relative geometry (feature_stride 16 keeps
-    # the 16x16 grid of 128 px; ssim_sigma 3 keeps the SSIM window's share of the grid), map sigma read two ways
+    # why MFRNet loses at 256 px (tune half, seed 0, 10 epochs, the 128-d recipe of then): its grid-relative geometry
+    # (feature_stride 16 keeps the 16x16 grid of 128 px; ssim_sigma 3 keeps the SSIM window's share of the grid), map
+    # sigma read two ways
     *(
-        ("--method", "mfrnet", "--budgets", "10", "--seeds", "0", "--image-size", "256", "--set", setting,
-         "--map-sigmas", "4", "8", "--output", f"{RESULTS}/mfrnet_256_geometry.csv")
+        ("--method", "mfrnet", "--budgets", "10", "--seeds", "0", "--image-size", "256", "--set", "embed_dim=128",
+         setting, "--variant", setting, "--map-sigmas", "4", "8", "--output", f"{RESULTS}/mfrnet_256_geometry.csv")
         for setting in ("feature_stride=16", "ssim_sigma=3.0")
     ),
     # CRAS's anomaly-map sigma at 256 px (the winning recipe at 10 epochs), read four ways from the same trainings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from anomalib_repair.errors import BadInputError
 from anomalib_repair.models.mfrnet import CrossedMaskGenerator, HybridLoss, MfrnetModel
 from anomalib_repair.models.mfrnet.loss import ssim_window
 from anomalib_repair.models.mfrnet.masks import blocks_to_cells, diagonal_assignment, random_assignment
+from anomalib_repair.recipes import recipe_path
 
 LITE = {"backbone": "tf_efficientnet_lite0.pypi", "layers": ["blocks.1", "blocks.2", "blocks.4"]}
 SMALL = {**LITE, "embed_dim": 32, "depth": 1, "num_heads": 4, "mlp_ratio": 2.0, "pre_trained": False}
@@ -157,8 +157,7 @@ def test_default_mfrnet_builds_without_downloading_and_counts_its_trainable_para
 
 
 def test_reduced_cpu_recipe_trains_the_papers_width_with_two_blocks():
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "mfrnet" / "cpu_reduced.yaml"
-    init = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    init = yaml.safe_load(recipe_path("mfrnet/cpu_reduced").read_text())["model"]["init_args"]
     assert (init["embed_dim"], init["depth"]) == (256, 2)  # the paper's width, chosen on the tune half; 2 of 4 blocks
     model = MFRNet(**{**init, "pre_trained": False})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
