@@ -673,6 +673,7 @@ def record_command(output: Path, argv: list[str]) -> None:
             "git_commit": compare.git_commit(),
             "cpus": len(os.sched_getaffinity(0)),
             "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+            **compare.cpu_identity(),
         }
     )
     output.parent.mkdir(parents=True, exist_ok=True)

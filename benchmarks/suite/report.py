@@ -84,7 +84,9 @@ def markdown_report(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"Command: `{env['command']}`",
         "",
         f"Date {env['date']}; torch {env['torch']}, anomalib {env['anomalib']}, timm {env['timm']}; "
-        f"{env['cpu_count']} CPUs ({env['cpus_usable']} usable), {env['torch_threads']} torch threads; "
+        f"{env['cpu_count']} CPUs ({env['cpus_usable']} usable), {env['torch_threads']} torch threads"
+        + (f" ({env['cpu_model']}, torch dispatch {env['cpu_capability']})" if env.get("cpu_capability") else "")
+        + "; "
         f"load average at start {env['load_average_at_start']}. Total wall time {report['wall_s'] / 60:.1f} min."
         + (f" Commit `{env['git_commit']}`." if env.get("git_commit") else ""),
         "",

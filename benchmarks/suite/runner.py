@@ -61,8 +61,29 @@ def environment(argv: list[str]) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         "processor": platform.processor() or platform.machine(),
+        **cpu_identity(),
         "git_commit": git_commit(),
     }
+
+
+def cpu_identity() -> dict[str, str | None]:
+    """The CPU's model name and the instruction set torch dispatches to (``AVX512``, ``AVX2``, ...).
+
+    Trained methods whose training amplifies rounding differences (STFPM, GLASS) give different results on hosts with
+    different vector units, so a recorded run names both.
+    """
+    import torch
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"cpu_model": model or platform.processor() or None, "cpu_capability": capability}
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:

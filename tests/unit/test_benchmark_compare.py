@@ -174,6 +174,14 @@ def test_a_run_records_its_commit_and_whether_tracked_files_differ(tmp_path: Pat
     assert "git_commit" in compare.environment(["benchmarks/compare.py"])
 
 
+def test_a_recorded_run_names_the_cpu_and_the_instruction_set_torch_dispatches_to() -> None:
+    import torch
+
+    recorded = compare.environment(["benchmarks/compare.py"])
+    assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert recorded["cpu_model"]
+
+
 def test_the_benchmark_reports_the_report_half_by_default_and_says_so(tmp_path: Path, demo_root: Path) -> None:
     settings = compare.settings_from_args(compare.parse_args(["--accelerator", "cpu"]), demo_root)
     assert settings.split == "report"
