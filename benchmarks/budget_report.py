@@ -96,15 +96,15 @@ def write_summary(path: Path, table: list[dict[str, Any]]) -> None:
 
 
 def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
-    """I-AUROC and P-AUROC (report half) against training minutes; one-pass peers as horizontal lines."""
+    """I-AUROC, P-AUROC and AUPRO (report half) against training minutes; one-pass peers as horizontal lines."""
     import matplotlib as mpl
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     lines = chart_lines(table)
-    figure, axes = plt.subplots(1, 2, figsize=(13, 6))
-    for axis, metric, title in zip(axes, ("image_AUROC", "pixel_AUROC"), ("I-AUROC", "P-AUROC"), strict=True):
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(19, 6))
+    for axis, metric, title in zip(axes, METRICS, ("I-AUROC", "P-AUROC", "AUPRO"), strict=True):
         for (method, variant, size, mode, _cache), members in sorted(lines.items()):
             label = f"{method} {variant} {size}px" + (f" ({mode})" if mode else "")
             if method in TRAINED_PEERS:
@@ -129,7 +129,7 @@ def write_chart(path: Path, table: list[dict[str, Any]]) -> None:
         axis.set_ylabel(f"mean {title}, report half (mean ± s.d. over seeds)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    handles, labels = axes[1].get_legend_handles_labels()  # one legend below both panels: it hides no curve
+    handles, labels = axes[1].get_legend_handles_labels()  # one legend below the panels: it hides no curve
     figure.suptitle("Budget curves, unified model over ../shared/data/real (reduced CPU recipes, EfficientNet-Lite0)")
     figure.tight_layout(rect=(0, 0.15, 1, 1))
     figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)

@@ -102,7 +102,7 @@ class PublishedError(ValueError):
 
 
 def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]], list[str] | None]:
-    parts = spec.split()
+    parts = shlex.split(spec)  # a quoted value may hold spaces: variant="recipe|n_features=100 map_sigma=8"
     if not parts:
         msg = "empty `published:` marker: give a CSV path"
         raise PublishedError(msg)

@@ -37,6 +37,18 @@ def test_marked_blocks_exist_and_render_rows(tmp_path: Path) -> None:
     assert "Recorded run: `benchmarks/results/latest/results.csv`" in rendered
 
 
+def test_a_quoted_filter_value_may_hold_spaces() -> None:
+    spec = (
+        "benchmarks/results/budget_curves/summary.csv half=report method=padim image_size=128 "
+        'variant="n_features=100|n_features=100 map_sigma=8" columns=variant,image_AUROC'
+    )
+    rows = published.render(spec).splitlines()
+    assert sorted(row.split("|")[1].strip() for row in rows[2:] if row.startswith("| n_features")) == [
+        "n_features=100",
+        "n_features=100 map_sigma=8",
+    ]
+
+
 def test_a_missing_csv_or_column_is_a_clear_error() -> None:
     with pytest.raises(published.PublishedError, match="does not exist"):
         published.render("benchmarks/results/nowhere.csv")
