@@ -97,7 +97,7 @@ class Case:
 CASES = {
     # 2 epochs at 128 px, all training images
     "CRAS": Case(cras, {"max_epochs": 2}, image_auroc=0.65, pixel_auroc=0.75),
-    # the whitened-residual recipe, 2 of its 10 epochs: measured 0.99 mean / 0.98 magnetic_tile after 3 epochs
+    # the whitened-residual recipe, 2 of its 30 epochs: measured 0.99 mean / 0.98 magnetic_tile after 3 epochs
     # (report half, benchmarks/results/budget_curves/cras_128_whitened.csv); the paper's residual (the case above)
     # measures ~0.83-0.86 on magnetic_tile at 1-3 epochs, so its floor is above what the paper's residual reaches
     "CRAS-whitened": Case(
