@@ -14,7 +14,7 @@ it at every budget in ``--budgets``:
 Evaluation takes the model's **raw** outputs (``pred_score``, ``anomaly_map``; no post-processing, no clamping)
 on every test image once, then scores the two seeded halves of :mod:`anomalib_repair.data.eval_halves`
 separately: choose on ``tune``, report ``report``. Every row of the CSV names its half. A category whose image
-scores are all equal is flagged ``degenerate``.
+scores are all equal, or whose image AUROC is exactly 0.5, is flagged ``degenerate``.
 
     PYTHONPATH=src python benchmarks/budget_curve.py --method cras --budgets 1 3 10 30 --seeds 0 1 2 \
         --output benchmarks/results/budget_curves/cras_128.csv
@@ -485,6 +485,11 @@ def load_test_set(datamodule: Any, model: Any, half_seed: int) -> TestSet:
     return TestSet(batches=batches, categories=categories, halves=halves)
 
 
+def degenerate(scores: Any, image_auroc: float) -> bool:
+    """A category's image scores carry no ranking: all equal, or an image AUROC of exactly 0.5."""
+    return bool(scores.unique().numel() == 1) or abs(image_auroc - 0.5) < 1e-9
+
+
 def raw_outputs(network: Any, test_set: TestSet) -> tuple[Any, Any, Any, Any]:
     """Raw image scores and anomaly maps of the network (eval mode) over the held test set."""
     import torch
@@ -520,13 +525,14 @@ def metrics_by_half(network: Any, test_set: TestSet) -> list[dict[str, Any]]:
             aupro = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
             pixels = unit_ranks(maps[keep])
             aupro.update(argparse.Namespace(anomaly_map=pixels, gt_mask=masks[keep]))
+            image_auroc = float(binary_auroc(unit_ranks(scores[keep]), labels[keep]))
             row = {
                 "half": half,
                 "category": category,
-                "image_AUROC": float(binary_auroc(unit_ranks(scores[keep]), labels[keep])),
+                "image_AUROC": image_auroc,
                 "pixel_AUROC": float(binary_auroc(pixels.flatten(), masks[keep].flatten())),
                 "pixel_AUPRO": float(aupro.compute()),
-                "degenerate": bool(scores[keep].unique().numel() == 1),
+                "degenerate": degenerate(scores[keep], image_auroc),
             }
             per_category.append(row)
         rows.extend(per_category)

@@ -171,3 +171,9 @@ def test_glass_is_an_epoch_trained_peer_whose_noise_std_comes_from_set(monkeypat
     assert type(model).__name__ == "Glass"
     assert model.model.gaussian_noise_std == pytest.approx(0.1)  # the std the training noise is drawn with
     assert settings.epochs == 3 and "glass" not in curve.PEERS and "glass" not in curve.STEP_BUDGET
+
+
+def test_a_category_is_degenerate_when_its_scores_tie_or_its_image_auroc_is_exactly_one_half() -> None:
+    assert curve.degenerate(torch.full((6,), 1.0), 0.5)
+    assert curve.degenerate(torch.tensor([0.1, 0.2, 0.3, 0.4]), 0.5)  # distinct scores, no ranking
+    assert not curve.degenerate(torch.tensor([0.1, 0.2, 0.3, 0.4]), 0.75)
