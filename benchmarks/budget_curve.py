@@ -304,6 +304,12 @@ PLAN: tuple[tuple[str, ...], ...] = (
          "--output", f"{RESULTS}/mfrnet_256.csv")
         for seed in ("0", "1", "2")
     ),
+    # ... and at 256 px trained on to 30 epochs (one training per seed, read at 10, 20 and 30)
+    *(
+        ("--method", "mfrnet", "--budgets", "10", "20", "30", "--seeds", seed, "--image-size", "256", "--variant",
+         "recipe_to_30_epochs", "--output", f"{RESULTS}/mfrnet_256_long.csv")
+        for seed in ("0",)
+    ),
 )  # fmt: skip
 STEP_BUDGET = ("crr",)  # budgets are optimiser steps, one training per budget
 COLUMNS = (
