@@ -59,6 +59,8 @@ LABELS = {
     "x_backbone_b32_run2": "× backbone b32, run 2",
     "x_backbone_b32_spread": "× backbone b32 spread",
     "image_AUROC_spread": "I-AUROC spread",
+    "pixel_AUROC_spread": "P-AUROC spread",
+    "pixel_AUPRO_spread": "AUPRO spread",
     "image_AUROC_sd": "I-AUROC s.d.",
     "pixel_AUROC_sd": "P-AUROC s.d.",
     "pixel_AUPRO_sd": "AUPRO s.d.",
