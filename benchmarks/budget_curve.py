@@ -52,6 +52,8 @@ PLAN: tuple[tuple[str, ...], ...] = (
      "--output", f"{RESULTS}/cras_128.csv"),
     ("--method", "cras", "--budgets", "1", "3", "10", "30", "60", "--seeds", "1", "2", "--both-score-modes",
      "--output", f"{RESULTS}/cras_128.csv"),
+    ("--method", "cras", "--budgets", "100", "--seeds", "1", "2", "--both-score-modes",  # their own trainings
+     "--output", f"{RESULTS}/cras_128.csv"),
     *(
         ("--method", "padim", "--set", f"n_features={n}", "--output", f"{RESULTS}/padim_128.csv")
         for n in (50, 100)  # 152 (every channel) fails in anomalib's Gaussian fit (singular covariance)
