@@ -83,6 +83,20 @@ PLAN: tuple[tuple[str, ...], ...] = (
          "--output", f"{RESULTS}/cras_128_tuning.csv")
         for sigma in (0.5, 2.0)  # chosen on the tune half: the recipe keeps 1.0
     ),
+    # ... then the paper's 0.015 (seed 0), and 0.5 and 2.0 for seeds 1 and 2; the learning rates at 0.3x and 3x the
+    # paper's, one at a time (seed 0, 10 and 30 epochs)
+    ("--method", "cras", "--budgets", "10", "--seeds", "0", "--set", "noise_std=0.015",
+     "--output", f"{RESULTS}/cras_128_tuning.csv"),
+    *(
+        ("--method", "cras", "--budgets", "10", "--seeds", "1", "2", "--set", f"noise_std={sigma}",
+         "--output", f"{RESULTS}/cras_128_tuning.csv")
+        for sigma in ("2.0", "0.5")
+    ),
+    *(
+        ("--method", "cras", "--budgets", "10", "30", "--seeds", "0", "--set", rate,
+         "--output", f"{RESULTS}/cras_128_lr.csv")
+        for rate in ("adaptor_lr=3.0e-05", "adaptor_lr=3.0e-04", "discriminator_lr=6.0e-05", "discriminator_lr=6.0e-04")
+    ),
     *(
         ("--method", "cras", "--budgets", "30", "--seeds", "0", "--set", setting,
          "--output", f"{RESULTS}/cras_128_cache.csv")
