@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare
 from budget_report import PEERS, TRAINED_PEERS  # one-pass peers (lines) and epoch-trained ones (curves)
+from suite.notes import is_chance_auroc
 
 from anomalib_repair.evaluation.ranks import unit_ranks
 
@@ -509,7 +510,7 @@ def load_test_set(datamodule: Any, model: Any, half_seed: int) -> TestSet:
 
 def degenerate(scores: Any, image_auroc: float) -> bool:
     """A category's image scores carry no ranking: all equal, or an image AUROC of exactly 0.5."""
-    return bool(scores.unique().numel() == 1) or abs(image_auroc - 0.5) < 1e-9
+    return bool(scores.unique().numel() == 1) or is_chance_auroc(image_auroc)
 
 
 def raw_outputs(network: Any, test_set: TestSet) -> tuple[Any, Any, Any, Any]:

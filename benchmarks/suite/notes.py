@@ -100,13 +100,18 @@ def split_note(settings: Settings) -> str:
     return half + "; every setting was chosen on the other (tune) half."
 
 
+def is_chance_auroc(value: float) -> bool:
+    """An image AUROC of exactly 0.5: tied scores, or scores that carry no ranking."""
+    return abs(value - 0.5) < 1e-9
+
+
 def degenerate_categories(result: dict[str, Any]) -> list[str]:
     """Categories where the method's image AUROC is exactly 0.5: its image scores carry no ranking there."""
     metrics = result.get("metrics", {})
     return sorted(
         name
         for name, row in metrics.items()
-        if name != "mean" and row.get("image_AUROC") is not None and abs(float(row["image_AUROC"]) - 0.5) < 1e-9
+        if name != "mean" and row.get("image_AUROC") is not None and is_chance_auroc(float(row["image_AUROC"]))
     )
 
 
